@@ -1,0 +1,136 @@
+"""Multi-head / grouped-query attention with RoPE, windows, meta prefix and KV sharing.
+
+``AttentionHeads`` is the part shared with the parallel hybrid head: it takes the projected
+q|k|v slice and returns the heads' output (B, T, H * Dv). ``Attention`` is the standalone mixer
+(Llama style): one q|k|v projection, the heads, one output projection.
+
+- Separate q/k and v head dims (Hymba's v head is 2x, so attention output width = d_inner).
+- RoPE on q and k at absolute positions; meta tokens take 0..n_meta-1.
+- Window layers see the last ``window`` positions plus every meta token (ops.attention.masks).
+- KV roles: a producer (or plain layer) returns the post-RoPE K/V it attended over; a consumer
+  has no K/V projection and attends with its own Q over its producer's K/V.
+- Decoding cache: keys are appended; window layers then keep the meta entries and the last
+  window-1 entries (all a later query can see).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ablate.config import AttentionConfig, ModelConfig
+from ablate.mixers.base import Context, LayerCache, Mixer, MixerOutput, SharedKV
+from ablate.ops import attention as attn_ops
+from ablate.ops.backends import Backends
+from ablate.plan import LayerSpec
+from ablate.registry import MIXERS, register
+
+
+def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
+    """Rotate-half RoPE. x: (B, H, T, D) with even D; pos: (T,)."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = pos.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def trim_window(cache: LayerCache, window: int, n_meta: int) -> None:
+    """Keep meta entries and the last window-1 positions: all that a later query can see."""
+    last = int(cache.pos[-1])
+    keep = (cache.pos < n_meta) | (cache.pos >= last + 2 - window)
+    cache.k, cache.v, cache.pos = cache.k[:, :, keep], cache.v[:, :, keep], cache.pos[keep]
+
+
+class AttentionHeads(nn.Module):
+    """The attention heads of a layer, after the input projection and before the output one."""
+
+    def __init__(self, d_model: int, cfg: AttentionConfig, spec: LayerSpec, v_head_dim: int,
+                 backends: Backends):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.head_dim or d_model // cfg.n_heads
+        self.v_head_dim = v_head_dim
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        self.theta = cfg.rope_theta
+        self.window = spec.window
+        self.role = spec.kv_role
+        self.impl = backends.attention
+        self.q_dim = self.n_heads * self.head_dim
+        self.k_dim = 0 if self.role == "consumer" else self.n_kv_heads * self.head_dim
+        self.v_dim = 0 if self.role == "consumer" else self.n_kv_heads * v_head_dim
+        self.in_dim = self.q_dim + self.k_dim + self.v_dim
+        self.out_dim = self.n_heads * v_head_dim
+
+    def _heads(self, t: Tensor, n: int) -> Tensor:
+        return t.unflatten(-1, (n, -1)).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
+
+    def _keys(self, qkv: Tensor, ctx: Context) -> SharedKV:
+        if self.role == "consumer":
+            if ctx.shared_kv is None:
+                raise RuntimeError("a KV consumer layer ran without its producer's K/V")
+            return ctx.shared_kv
+        _, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
+        k = rope(self._heads(k, self.n_kv_heads), ctx.pos, self.theta)
+        v = self._heads(v, self.n_kv_heads)
+        cache = ctx.cache
+        if cache is None:
+            return SharedKV(k, v, ctx.pos)
+        if cache.k is not None:
+            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            pos = torch.cat([cache.pos, ctx.pos])
+        else:
+            pos = ctx.pos
+        cache.k, cache.v, cache.pos = k, v, pos
+        keys = SharedKV(k, v, pos)  # what this step attends over, before trimming
+        if self.window is not None:
+            trim_window(cache, self.window, ctx.n_meta)
+        return keys
+
+    def forward(self, qkv: Tensor, ctx: Context) -> tuple[Tensor, SharedKV, Tensor | None]:
+        """qkv: (B, T, in_dim) -> (B, T, H * Dv), the K/V used, probabilities or None."""
+        q = rope(self._heads(qkv[..., : self.q_dim], self.n_heads), ctx.pos, self.theta)
+        kv = self._keys(qkv, ctx)
+        args = (q, kv.k, kv.v, ctx.pos, kv.pos, self.window, ctx.n_meta)
+        probs = None
+        if ctx.want_map:
+            out, probs = attn_ops.attention_probs(*args)
+        else:
+            out = attn_ops.attention(*args, impl=self.impl)
+        return out.transpose(1, 2).flatten(2), kv, probs
+
+    def cache_bytes(self, seq_len: int, n_meta: int, bytes_per_el: int) -> int:
+        if self.role == "consumer":
+            return 0
+        kept = seq_len if self.window is None else min(seq_len, self.window - 1)
+        return (n_meta + kept) * (self.k_dim + self.v_dim) * bytes_per_el
+
+
+@register(MIXERS, "attention")
+class Attention(Mixer):
+    """Llama-style attention mixer: q|k|v projection, heads, output projection (no biases)."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
+        super().__init__()
+        d = cfg.size.d_model
+        head_dim = cfg.attention.head_dim or d // cfg.attention.n_heads
+        self.heads = AttentionHeads(d, cfg.attention, spec, cfg.attention.v_head_dim or head_dim,
+                                    backends)
+        self.in_proj = nn.Linear(d, self.heads.in_dim, bias=False)
+        self.out_proj = nn.Linear(self.heads.out_dim, d, bias=False)
+
+    def forward(self, x: Tensor, ctx: Context) -> MixerOutput:
+        out, kv, probs = self.heads(self.in_proj(x), ctx)
+        maps = {} if probs is None else {"attention": probs}
+        return MixerOutput(self.out_proj(out), kv=kv, maps=maps)
+
+    def cache_bytes(self, seq_len: int, n_meta: int, bytes_per_el: int) -> dict[str, int]:
+        return {"kv": self.heads.cache_bytes(seq_len, n_meta, bytes_per_el)}
+
+    def param_split(self) -> dict[str, int]:
+        return {"attention": sum(p.numel() for p in self.parameters()), "ssm": 0, "shared": 0}

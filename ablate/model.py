@@ -1,0 +1,143 @@
+"""One model for every variant: embedding, meta tokens, the layer plan, final norm, tied head.
+
+    h = [meta tokens ; embed(tokens)]            meta prepended once, RoPE positions 0..n_meta-1
+    for each layer:  h = h + mixer(norm(h));  h = h + mlp(norm(h))     (pre-norm residual)
+    logits = embed.weight @ final_norm(h)[n_meta:]                   meta stripped before the head
+
+KV sharing: a producer layer's post-RoPE K/V is handed to the consumer layers of its group.
+Decoding: ``Cache`` holds one LayerCache per layer plus the number of positions consumed; the
+first call (empty cache) prepends the meta tokens, later calls feed only new tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import ablate.mixers  # noqa: F401  (registers the mixers)
+from ablate.config import ModelConfig
+from ablate.layers import RMSNorm, SwiGLU, no_weight_decay, swiglu_hidden
+from ablate.mixers.base import Context, LayerCache, Mixer, SharedKV
+from ablate.ops.backends import Backends
+from ablate.plan import LayerSpec, expand
+from ablate.registry import MIXERS, lookup
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
+        super().__init__()
+        d = cfg.size.d_model
+        self.spec = spec
+        self.mixer_norm = RMSNorm(d, cfg.norm_eps)
+        self.mixer: Mixer = lookup(MIXERS, spec.mixer, "mixer")(cfg, spec, backends)
+        self.mlp = None
+        if cfg.mlp.kind == "swiglu":
+            self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+            self.mlp = SwiGLU(d, swiglu_hidden(d, cfg.mlp.hidden))
+
+    def forward(self, h: Tensor, ctx: Context):
+        out = self.mixer(self.mixer_norm(h), ctx)
+        h = h + out.y
+        if self.mlp is not None:
+            h = h + self.mlp(self.mlp_norm(h))
+        return h, out
+
+
+@dataclass
+class Cache:
+    layers: list[LayerCache]
+    length: int = 0  # positions consumed so far, meta tokens included
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.layers)
+
+
+@dataclass
+class LMOutput:
+    logits: Tensor  # (B, T, vocab), meta positions removed
+    maps: list[dict[str, Tensor]] = field(default_factory=list)  # per layer, over all positions
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: ModelConfig, backends: Backends | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.plan = expand(cfg)
+        self.backends = backends or Backends()
+        d = cfg.size.d_model
+        self.embed = nn.Embedding(cfg.size.vocab_size, d)
+        self.n_meta = cfg.n_meta
+        if cfg.n_meta:
+            # std 1 as in Hymba (torch.randn); set in reset_parameters
+            self.meta = no_weight_decay(nn.Parameter(torch.empty(cfg.n_meta, d)))
+            self.meta._no_reinit = True
+        self.blocks = nn.ModuleList(Block(cfg, spec, self.backends) for spec in self.plan)
+        self.final_norm = RMSNorm(d, cfg.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Generic N(0, init_std) for linear/conv/embedding weights, zero biases, then each
+        module's own init (SSM A/D/dt, norms, meta tokens)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
+                if not getattr(module.weight, "_no_reinit", False):
+                    nn.init.normal_(module.weight, std=std)
+                bias = getattr(module, "bias", None)
+                if bias is not None and not getattr(bias, "_no_reinit", False):
+                    nn.init.zeros_(bias)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+        for block in self.blocks:
+            block.mixer.reset_parameters()
+        if self.n_meta:
+            nn.init.normal_(self.meta, std=1.0)
+
+    def new_cache(self) -> Cache:
+        return Cache([LayerCache() for _ in self.blocks])
+
+    def forward(self, tokens: Tensor, cache: Cache | None = None, return_maps: bool = False) -> LMOutput:
+        """tokens: (B, T). With a cache, decoding continues from cache.length and the cache is
+        updated in place; without one, this is a full forward over a fresh sequence."""
+        h = self.embed(tokens)
+        start = 0 if cache is None else cache.length
+        n_prefix = self.n_meta if start == 0 else 0
+        if n_prefix:
+            h = torch.cat([self.meta.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
+        pos = torch.arange(start, start + h.shape[1], device=h.device)
+        shared: dict[int, SharedKV] = {}
+        maps = []
+        for i, block in enumerate(self.blocks):
+            spec = block.spec
+            ctx = Context(pos=pos, n_meta=self.n_meta,
+                          cache=None if cache is None else cache.layers[i],
+                          shared_kv=shared.get(spec.kv_group) if spec.kv_role == "consumer" else None,
+                          want_map=return_maps)
+            h, out = block(h, ctx)
+            if spec.kv_role == "producer":
+                shared[spec.kv_group] = out.kv
+            maps.append(out.maps)
+        if cache is not None:
+            cache.length = start + h.shape[1]
+        h = self.final_norm(h[:, n_prefix:])
+        return LMOutput(h @ self.embed.weight.T, maps if return_maps else [])
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Greedy (temperature 0) or sampled continuation with the decoding cache; (B, T + new)."""
+        cache = self.new_cache()
+        logits = self(prompt, cache).logits[:, -1]
+        out = [prompt]
+        for step in range(max_new_tokens):
+            if temperature > 0:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            out.append(nxt)
+            if step + 1 < max_new_tokens:
+                logits = self(nxt, cache).logits[:, -1]
+        return torch.cat(out, dim=1)

@@ -1,0 +1,27 @@
+"""Attention ops: masks from positions, an eager path that returns probabilities (for maps and
+tests), and SDPA. ``attention(..., impl=NAME)`` dispatches; the name comes from ``ops.backends``."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ablate.ops.attention import reference, sdpa
+from ablate.ops.attention.masks import visible
+
+IMPLS = ("eager", "sdpa")
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
+              window: int | None, n_meta: int, impl: str = "sdpa"):
+    """Causal attention over absolute positions (window and always-visible meta prefix)."""
+    mask = visible(q_pos, k_pos, window, n_meta)
+    if impl == "eager":
+        return reference.attention(q, k, v, mask)
+    # A plain causal square (full forward of a global layer) takes SDPA's causal fast path.
+    square = q.shape[2] == k.shape[2] and window is None
+    return sdpa.attention(q, k, v, mask, is_causal=square)
+
+
+def attention_probs(q, k, v, q_pos, k_pos, window, n_meta):
+    """Output and the softmax probabilities (B, H, Tq, Tk)."""
+    return reference.attention(q, k, v, visible(q_pos, k_pos, window, n_meta), return_probs=True)

@@ -1,0 +1,65 @@
+"""Resolve the kernel implementation of every op once per run.
+
+The resolved names go into the run record because a different kernel changes speed and
+numerics. An explicitly requested backend that is not available is an error with an install
+hint, never a silent fallback; no op decides by try/except inside a forward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Backends:
+    scan: str = "chunked"
+    ssd: str = "chunked"
+    attention: str = "sdpa"
+    conv1d: str = "torch"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def available() -> dict[str, bool]:
+    cuda = torch.cuda.is_available()
+    return {
+        "cuda": cuda,
+        "triton": cuda and _has("triton"),
+        "mamba_ssm": cuda and _has("mamba_ssm"),
+        "causal_conv1d": cuda and _has("causal_conv1d"),
+    }
+
+
+def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Backends:
+    """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device.
+    'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error."""
+    on_cuda = torch.device(device).type == "cuda"
+    have = available()
+    if requested in ("triton", "cuda") and not on_cuda:
+        raise BackendError(f"backend '{requested}' needs a CUDA device; got device '{device}'")
+    if requested == "cuda" and not have["mamba_ssm"]:
+        raise BackendError("backend 'cuda' needs mamba-ssm: pip install 'ablate[cuda]'")
+    if requested == "triton" and not have["triton"]:
+        raise BackendError("backend 'triton' needs triton: pip install triton")
+    if requested == "torch" or not on_cuda:
+        return Backends()
+    scan = "chunked"
+    from ablate.ops import scan as scan_ops
+
+    if requested == "cuda":
+        scan = "cuda"
+    elif have["triton"] and "triton" in scan_ops.IMPLS:
+        scan = "triton"
+    return Backends(scan=scan)

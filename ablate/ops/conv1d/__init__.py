@@ -1,0 +1,7 @@
+"""Causal depthwise conv1d and its single-step update."""
+
+from ablate.ops.conv1d.reference import causal_conv1d, causal_conv1d_loop, conv_step
+
+IMPLS = {"torch": causal_conv1d}
+
+__all__ = ["IMPLS", "causal_conv1d", "causal_conv1d_loop", "conv_step"]

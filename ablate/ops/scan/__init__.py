@@ -1,0 +1,24 @@
+"""Mamba-1 selective scan. ``selective_scan(..., impl=NAME)`` dispatches to one implementation;
+the name comes from ``ops.backends.resolve`` and is recorded with the run."""
+
+from __future__ import annotations
+
+from ablate.ops.scan import chunked, reference
+
+IMPLS = {"reference": reference.selective_scan, "chunked": chunked.selective_scan}
+
+
+def selective_scan(*args, impl: str = "chunked", **kwargs):
+    return IMPLS[impl](*args, **kwargs)
+
+
+def selective_state_update(h, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=True):
+    """One decoding step. h: (B, D, N) updated in place; u, delta, z: (B, D); B, C: (B, N)."""
+    y, h_new = reference.selective_scan(
+        u[..., None], delta[..., None], A, B[..., None], C[..., None], D,
+        None if z is None else z[..., None], delta_bias, delta_softplus,
+        initial_state=h, return_final_state=True,
+    )
+    h.copy_(h_new)
+    return y[..., 0]

@@ -1,0 +1,143 @@
+"""Exact parameter counts, parameter matching, and analytic cache bytes.
+
+Counts come from the real modules, built on the meta device (no memory, no init cost), so they can
+never drift from the model. Cache bytes come from each mixer's own ``cache_bytes``; tests check them
+against the cache the model really allocates while decoding.
+
+Cache convention (the paper's Table 2 convention is not fully known; this is ours): bytes held for
+one sequence after ``seq_len`` real tokens, 1 MB = 1e6 B, batch 1. Global attention layers keep
+n_meta + seq_len K/V entries; window layers keep n_meta + min(seq_len, window - 1) (all a later
+query can see); KV consumers keep none; SSM layers keep their state (d_inner * d_state) and conv
+state (conv channels * (d_conv - 1)), in the same dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ablate.config import ConfigError, ModelConfig, override
+from ablate.layers import SwiGLU
+from ablate.model import LM
+
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
+
+
+def meta_model(cfg: ModelConfig) -> LM:
+    with torch.device("meta"):
+        return LM(cfg)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    embedding: int
+    non_embedding: int
+    attention: int  # attention-only parameters (q/k/v/o projections, beta1)
+    ssm: int  # SSM-only parameters (x/z projection, conv, x_proj, dt_proj, A, D, norms, beta2)
+    shared: int  # hybrid output projection (and fusion gate), used by both paths
+    mlp: int
+    other: int  # block norms, final norm, meta tokens
+
+    @property
+    def attn_ssm_ratio(self) -> str:
+        """'1:x' attention:SSM parameters, the shared projection split evenly in hybrids."""
+        a, s = self.attention, self.ssm
+        if a and s:
+            a, s = a + self.shared / 2, s + self.shared / 2
+            return f"1:{s / a:.2f}"
+        return "1:0" if a else "0:1" if s else "-"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "attn_ssm_ratio": self.attn_ssm_ratio}
+
+
+def count_params(cfg: ModelConfig) -> ParamCount:
+    model = meta_model(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed.weight.numel()
+    split = {"attention": 0, "ssm": 0, "shared": 0}
+    mlp = 0
+    for block in model.blocks:
+        for key, n in block.mixer.param_split().items():
+            split[key] += n
+        if isinstance(block.mlp, SwiGLU):
+            mlp += sum(p.numel() for p in block.mlp.parameters())
+    other = total - embedding - sum(split.values()) - mlp
+    return ParamCount(total, embedding, total - embedding, mlp=mlp, other=other, **split)
+
+
+def cache_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "fp16") -> dict[str, int]:
+    """Decoding-state bytes for one sequence: kv_global, kv_window, ssm, conv, total."""
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"dtype '{dtype}'; allowed: {', '.join(DTYPE_BYTES)}")
+    nbytes = DTYPE_BYTES[dtype]
+    model = meta_model(cfg)
+    out = {"kv_global": 0, "kv_window": 0, "ssm": 0, "conv": 0}
+    for block in model.blocks:
+        parts = block.mixer.cache_bytes(seq_len, cfg.n_meta, nbytes)
+        kv_key = "kv_global" if block.spec.window is None else "kv_window"
+        out[kv_key] += parts.get("kv", 0)
+        out["ssm"] += parts.get("ssm", 0)
+        out["conv"] += parts.get("conv", 0)
+    out["total"] = sum(out.values())
+    return out
+
+
+@dataclass(frozen=True)
+class Match:
+    cfg: ModelConfig
+    knob: str
+    value: int
+    params: int
+    target: int
+
+    @property
+    def residual(self) -> float:
+        return (self.params - self.target) / self.target
+
+
+MATCH_KNOBS = ("size.d_model", "mlp.hidden", "mamba.expand", "mamba2.expand")
+
+
+def _count_at(cfg: ModelConfig, knob: str, value: int) -> int | None:
+    try:
+        return count_params(override(cfg, knob, value)).non_embedding
+    except (ConfigError, ValueError):
+        return None  # e.g. a width the heads do not divide
+
+
+def match(cfg: ModelConfig, target: int, knob: str = "mlp.hidden", tolerance: float = 0.01,
+          hi: int = 1 << 16) -> Match:
+    """Solve the integer ``knob`` so the non-embedding parameter count is closest to ``target``.
+
+    Counts grow monotonically with every knob, so a bisection finds the crossing; invalid values
+    nearby (widths the heads do not divide) are skipped. Raises if the best residual exceeds
+    ``tolerance``.
+    """
+    if knob not in MATCH_KNOBS:
+        raise ConfigError(f"match knob '{knob}'; allowed: {', '.join(MATCH_KNOBS)}")
+    lo = 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        n = next((c for v in range(mid, min(mid + 64, hi)) if (c := _count_at(cfg, knob, v))), None)
+        if n is not None and n <= target:
+            lo = mid
+        else:
+            hi = mid
+    best = None
+    for v in range(max(1, lo - 64), lo + 65):
+        n = _count_at(cfg, knob, v)
+        if n is not None and (best is None or abs(n - target) < abs(best[1] - target)):
+            best = (v, n)
+    if best is None:
+        raise ConfigError(f"match: no valid value of '{knob}' near {lo}")
+    result = Match(override(cfg, knob, best[0]), knob, best[0], best[1], target)
+    if abs(result.residual) > tolerance:
+        raise ConfigError(
+            f"match: '{knob}' = {best[0]} gives {best[1]:,} non-embedding parameters, "
+            f"{result.residual:+.1%} from the target {target:,} (tolerance {tolerance:.0%}); "
+            "choose a finer knob"
+        )
+    return result

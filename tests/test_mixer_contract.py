@@ -1,0 +1,186 @@
+"""The mixer contract, run over every mixer configuration and every variant in variants/."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ablate.config import ModelConfig, load_variant, override, variant_names
+from ablate.mixers.base import Context, LayerCache
+from ablate.model import LM
+from ablate.plan import LayerSpec
+from ablate.registry import MIXERS
+from ablate.ops.backends import Backends
+from tests.conftest import tiny
+
+REFERENCE_SHAPES = {"hymba-1.5b", "llama-3.2-1b", "llama-3.2-3b", "smollm2-1.7b"}
+VARIANTS = variant_names()
+
+
+def mixer_cases():
+    """(id, ModelConfig, LayerSpec) for every registered mixer and its structural options."""
+    base = tiny(ModelConfig())
+    cases = [
+        ("attention-global", base, LayerSpec(0, "attention")),
+        ("attention-window", base, LayerSpec(0, "attention", window=4)),
+        ("mamba", base, LayerSpec(0, "mamba")),
+        ("mamba-no-inner-norms", override(base, "mamba.inner_norms", False), LayerSpec(0, "mamba")),
+        ("mamba2", override(base, "mamba2.n_groups", 2), LayerSpec(0, "mamba2")),
+    ]
+    for fusion in ("mean", "sum", "concat", "gate"):
+        for ssm in ("mamba", "mamba2"):
+            cfg = override(override(base, "hybrid.fusion", fusion), "hybrid.ssm", ssm)
+            cases.append((f"hybrid-{fusion}-{ssm}", cfg, LayerSpec(0, "hybrid", window=4)))
+    assert {spec.mixer for _, _, spec in cases} == set(MIXERS)
+    return cases
+
+
+CASES = mixer_cases()
+
+
+def build(cfg, spec):
+    torch.manual_seed(0)
+    return MIXERS[spec.mixer](cfg, spec, Backends()).double()
+
+
+@pytest.mark.parametrize("n_meta", [0, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mixer_shape_causality_decoding(case, n_meta):
+    _, cfg, spec = case
+    mixer = build(cfg, spec)
+    B, T, d = 2, 13, cfg.size.d_model
+    x = torch.randn(B, T, d, dtype=torch.float64)
+    pos = torch.arange(T)
+    y = mixer(x, Context(pos=pos, n_meta=n_meta)).y
+    assert y.shape == (B, T, d)
+
+    t = 7
+    x2 = x.clone()
+    x2[:, t] += torch.randn(B, d, dtype=torch.float64)
+    y2 = mixer(x2, Context(pos=pos, n_meta=n_meta)).y
+    torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=0, atol=1e-12)
+    assert not torch.allclose(y2[:, t], y[:, t])
+
+    # prefill 5 positions, then one step at a time
+    cache = LayerCache()
+    parts = [mixer(x[:, :5], Context(pos=pos[:5], n_meta=n_meta, cache=cache)).y]
+    for i in range(5, T):
+        parts.append(mixer(x[:, i : i + 1], Context(pos=pos[i : i + 1], n_meta=n_meta, cache=cache)).y)
+    torch.testing.assert_close(torch.cat(parts, dim=1), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mixer_maps(case):
+    _, cfg, spec = case
+    mixer = build(cfg, spec)
+    B, T, n_meta = 2, 11, 2
+    x = torch.randn(B, T, cfg.size.d_model, dtype=torch.float64)
+    out = mixer(x, Context(pos=torch.arange(T), n_meta=n_meta, want_map=True))
+    above = torch.ones(T, T, dtype=torch.bool).triu(1)
+    if "attention" in out.maps:
+        probs = out.maps["attention"]
+        assert probs.shape[-2:] == (T, T)
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+        assert probs[..., above].abs().max() == 0
+        if spec.window is not None:  # outside the window and not a meta column: zero
+            i, j = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
+            hidden = (i - j >= spec.window) & (j >= n_meta)
+            assert probs[..., hidden].abs().max() == 0
+            assert (probs[..., n_meta:, :n_meta] > 0).all()  # meta always visible
+    if "ssm" in out.maps:
+        alpha = out.maps["ssm"]
+        assert alpha[..., above].abs().max() == 0
+        check_ssm_map_reproduces_output(mixer, x, n_meta, alpha)
+    assert out.maps, "a mixer must return at least one map"
+
+
+def check_ssm_map_reproduces_output(mixer, x, n_meta, alpha):
+    """y_pre_gate = alpha @ x_conv + D x_conv, per channel (Mamba-1) or per head (Mamba-2)."""
+    ssm = mixer.ssm
+    u = mixer.in_proj(x)
+    if hasattr(mixer, "attn"):
+        u = u[..., mixer.attn.in_dim :]
+    ctx = Context(pos=torch.arange(x.shape[1]), n_meta=n_meta)
+    x_conv, z, dt, B, C = ssm.prepare(u, ctx)
+    if x_conv.dim() == 3:  # Mamba-1: (B, D, T)
+        from ablate.ops.scan.reference import selective_scan
+
+        y = selective_scan(x_conv, dt, ssm.A, B, C, ssm.D, None, ssm.dt_proj.bias)
+        from_map = torch.einsum("bdij,bdj->bdi", alpha.to(x_conv.dtype), x_conv) + ssm.D[:, None] * x_conv
+    else:  # Mamba-2: x (B, T, H, P)
+        from ablate.ops.ssd.reference import ssd
+
+        y = ssd(x_conv, dt, ssm.A, B, C, ssm.D)
+        from_map = torch.einsum("bhij,bjhp->bihp", alpha.to(x_conv.dtype), x_conv) + ssm.D[:, None] * x_conv
+    torch.testing.assert_close(from_map, y.to(from_map.dtype), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_contract(name):
+    cfg = tiny(load_variant(name).model)
+    torch.manual_seed(0)
+    model = LM(cfg).double().eval()
+    B, T, V = 2, 14, cfg.size.vocab_size
+    tokens = torch.randint(0, V, (B, T))
+    logits = model(tokens).logits
+    assert logits.shape == (B, T, V)
+
+    t = 9
+    other = tokens.clone()
+    other[:, t] = (other[:, t] + 1) % V
+    logits2 = model(other).logits
+    torch.testing.assert_close(logits2[:, :t], logits[:, :t], rtol=0, atol=1e-10)
+    assert not torch.allclose(logits2[:, t], logits[:, t])
+
+    cache = model.new_cache()
+    steps = [model(tokens[:, :4], cache).logits, model(tokens[:, 4:8], cache).logits]
+    steps += [model(tokens[:, i : i + 1], cache).logits for i in range(8, T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), logits, rtol=1e-5, atol=1e-5)
+
+    maps = model(tokens, return_maps=True).maps
+    assert len(maps) == cfg.size.n_layers
+    for layer_maps in maps:
+        for kind, m in layer_maps.items():
+            assert m.shape[-1] == T + cfg.n_meta, kind
+            if kind == "attention":
+                torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)))
+
+
+def test_kv_consumers_have_no_kv_projection_and_reuse_producer_kv():
+    cfg = tiny(load_variant("roadmap-d-kvshare").model)
+    model = LM(cfg)
+    for block in model.blocks:
+        heads = getattr(block.mixer, "attn", None)
+        if block.spec.kv_role == "consumer":
+            assert heads.k_dim == heads.v_dim == 0
+            assert block.mixer.in_proj.out_features == heads.q_dim + block.mixer.ssm.in_dim
+    # The consumer's output depends on the producer's K/V: changing the producer's K/V weights
+    # changes the consumer layer's attention even with the consumer's own weights fixed.
+    consumer = next(b for b in model.blocks if b.spec.kv_role == "consumer")
+    producer = model.blocks[consumer.spec.index - 1]
+    assert producer.spec.kv_role == "producer" and producer.spec.kv_group == consumer.spec.kv_group
+
+
+def test_generate_matches_greedy_full_forward():
+    cfg = tiny(load_variant("hymba").model)
+    model = LM(cfg).eval()
+    prompt = torch.randint(0, cfg.size.vocab_size, (1, 6))
+    out = model.generate(prompt, max_new_tokens=5)
+    seq = prompt
+    for _ in range(5):
+        nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_meta_tokens_are_prepended_and_stripped():
+    cfg = tiny(load_variant("roadmap-e-meta").model)
+    model = LM(cfg).eval()
+    tokens = torch.randint(0, cfg.size.vocab_size, (2, 7))
+    assert model(tokens).logits.shape[1] == 7
+    with torch.no_grad():
+        model.meta.add_(1.0)
+    assert not torch.allclose(model(tokens).logits, LM(cfg).eval()(tokens).logits)
+    assert dataclasses.replace(cfg, n_meta=0) != cfg
