@@ -48,7 +48,7 @@ class SizeConfig:
 class LayoutConfig:
     pattern: tuple[str, ...] = knob(("attention",), "mixer names cycled over the layers")
     window: int | None = knob(None, "sliding-window size of non-global attention (None: all global)")
-    global_layers: Union[Literal["all", "none"], tuple[Union[int, str], ...]] = knob(
+    global_layers: Literal["all", "none"] | tuple[int | str, ...] = knob(
         "all", "attention layers kept global: all | none | list of indices or first/middle/last"
     )
     kv_share: int = knob(1, "cross-layer KV group size among consecutive window layers (1: off)")
@@ -73,7 +73,7 @@ class MambaConfig:
     d_state: int = knob(16, "SSM state size N per channel")
     d_conv: int = knob(4, "depthwise causal conv width")
     expand: int = knob(2, "d_inner = expand * d_model")
-    dt_rank: Union[int, Literal["auto"]] = knob("auto", "rank of the dt projection (auto: ceil(d_model/16))")
+    dt_rank: int | Literal["auto"] = knob("auto", "rank of the dt projection (auto: ceil(d_model/16))")
     inner_norms: bool = knob(True, "RMSNorm on dt, B and C (Hymba / Jamba style)")
     conv_bias: bool = knob(True, "bias on the depthwise conv")
     dt_min: float = knob(0.001, "lower end of the dt initialisation range")
@@ -193,7 +193,8 @@ def from_dict(cls: type, data: dict, where: str, prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed in '{prefix or cls.__name__}': "
+            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed in "
+            f"'{prefix.rstrip('.') or 'the top level'}': "
             + ", ".join(names)
         )
     kwargs = {k: _convert(hints[k], v, prefix + k, where) for k, v in data.items()}
@@ -212,25 +213,27 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def override(cfg: Any, key: str, value: Any, where: str = "override") -> Any:
+def override(cfg: Any, key: str, value: Any, where: str = "override", _prefix: str = "") -> Any:
     """Return ``cfg`` with the dotted ``key`` set to ``value`` (validated like YAML)."""
     head, _, rest = key.partition(".")
+    full = _prefix + key
     names = [f.name for f in dataclasses.fields(cfg)]
     if head not in names:
         raise ConfigError(
-            f"{where}: unknown key '{key}'; allowed in {type(cfg).__name__}: " + ", ".join(names)
+            f"{where}: unknown key '{full}'; allowed in '{_prefix.rstrip('.') or 'the top level'}': "
+            + ", ".join(names)
         )
     current = getattr(cfg, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{where}: key '{key}': '{head}' has no sub-keys")
-        new = override(current, rest, value, where)
+            raise ConfigError(f"{where}: key '{full}': '{_prefix + head}' has no sub-keys")
+        new = override(current, rest, value, where, _prefix + head + ".")
     else:
-        new = _convert(typing.get_type_hints(type(cfg))[head], value, key, where)
+        new = _convert(typing.get_type_hints(type(cfg))[head], value, full, where)
     try:
         return dataclasses.replace(cfg, **{head: new})
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: key '{key}': {err}") from err
+        raise ConfigError(f"{where}: key '{full}': {err}") from err
 
 
 def parse_assignment(text: str, where: str = "--set") -> tuple[str, Any]:
@@ -283,7 +286,8 @@ def load_variant(name_or_path: str | Path) -> Variant:
     # A variant file is flat: name / description plus the ModelConfig sections.
     head = {k: data.pop(k) for k in ("name", "description") if k in data}
     head.setdefault("name", path.stem)
-    variant = from_dict(Variant, {**head, "model": data}, str(path))
+    head = from_dict(Variant, head, str(path))
+    variant = dataclasses.replace(head, model=from_dict(ModelConfig, data, str(path)))
     from ablate.plan import PlanError, expand  # plan validation needs the whole model config
 
     try:

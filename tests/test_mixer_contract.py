@@ -10,9 +10,9 @@ import torch
 from ablate.config import ModelConfig, load_variant, override, variant_names
 from ablate.mixers.base import Context, LayerCache
 from ablate.model import LM
+from ablate.ops.backends import Backends
 from ablate.plan import LayerSpec
 from ablate.registry import MIXERS
-from ablate.ops.backends import Backends
 from tests.conftest import tiny
 
 REFERENCE_SHAPES = {"hymba-1.5b", "llama-3.2-1b", "llama-3.2-3b", "smollm2-1.7b"}

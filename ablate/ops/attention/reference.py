@@ -18,8 +18,9 @@ def repeat_kv(t: Tensor, n_heads: int) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, return_probs: bool = False):
     H = q.shape[1]
-    k, v = repeat_kv(k, H), repeat_kv(v, H)
-    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 for the softmax
+    k, v = repeat_kv(k, H).to(acc), repeat_kv(v, H).to(acc)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.to(acc), k) / math.sqrt(q.shape[-1])
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    out = torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
+    out = torch.einsum("bhqk,bhkd->bhqd", probs, v).to(q.dtype)
     return (out, probs) if return_probs else out

@@ -28,15 +28,16 @@ def selective_scan(
     return_final_state: bool = False,
     chunk: int = 16,
 ):
+    acc = torch.promote_types(u.dtype, torch.float32)  # accumulate in at least fp32
     batch, dim, T = u.shape
     dt = discretize(delta, delta_bias, delta_softplus)
-    log_decay = dt.unsqueeze(-1) * A.float()[None, :, None, :]  # (B, D, T, N), <= 0
-    drive = (dt * u.float()).unsqueeze(-1) * B.float().transpose(1, 2).unsqueeze(1)
-    Ct = C.float().transpose(1, 2)  # (B, T, N)
+    log_decay = dt.unsqueeze(-1) * A.to(acc)[None, :, None, :]  # (B, D, T, N), <= 0
+    drive = (dt * u.to(acc)).unsqueeze(-1) * B.to(acc).transpose(1, 2).unsqueeze(1)
+    Ct = C.to(acc).transpose(1, 2)  # (B, T, N)
     h = (
-        initial_state.float()
+        initial_state.to(acc)
         if initial_state is not None
-        else u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32)
+        else u.new_zeros(batch, dim, A.shape[1], dtype=acc)
     )
     ys = []
     for start in range(0, T, chunk):

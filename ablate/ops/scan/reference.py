@@ -18,18 +18,19 @@ from torch import Tensor
 
 
 def discretize(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
-    dt = delta.float()
+    acc = torch.promote_types(delta.dtype, torch.float32)
+    dt = delta.to(acc)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[None, :, None]
+        dt = dt + delta_bias.to(acc)[None, :, None]
     return F.softplus(dt) if delta_softplus else dt
 
 
 def finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
     """Add the D skip and apply the SiLU(z) gate; shared by every scan implementation."""
     if D is not None:
-        y = y + u.float() * D.float()[None, :, None]
+        y = y + u.to(y.dtype) * D.to(y.dtype)[None, :, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y
 
 
@@ -46,14 +47,15 @@ def selective_scan(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ):
+    acc = torch.promote_types(u.dtype, torch.float32)  # accumulate in at least fp32
     dt = discretize(delta, delta_bias, delta_softplus)  # (B, D, T)
-    decay = torch.exp(dt.unsqueeze(-1) * A.float()[None, :, None, :])  # (B, D, T, N)
-    drive = (dt * u.float()).unsqueeze(-1) * B.float().transpose(1, 2).unsqueeze(1)  # (B, D, T, N)
-    Cf = C.float()
+    decay = torch.exp(dt.unsqueeze(-1) * A.to(acc)[None, :, None, :])  # (B, D, T, N)
+    drive = (dt * u.to(acc)).unsqueeze(-1) * B.to(acc).transpose(1, 2).unsqueeze(1)  # (B, D, T, N)
+    Cf = C.to(acc)
     h = (
-        initial_state.float()
+        initial_state.to(acc)
         if initial_state is not None
-        else u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+        else u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=acc)
     )
     ys = []
     for t in range(u.shape[-1]):

@@ -28,22 +28,23 @@ def ssd(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ):
+    acc = torch.promote_types(x.dtype, torch.float32)  # accumulate in at least fp32
     batch, T, H, P = x.shape
-    Bh, Ch = expand_groups(B.float(), H), expand_groups(C.float(), H)
-    dtf = dt.float()
-    decay = torch.exp(dtf * A.float())  # (B, T, H)
+    Bh, Ch = expand_groups(B.to(acc), H), expand_groups(C.to(acc), H)
+    dtf = dt.to(acc)
+    decay = torch.exp(dtf * A.to(acc))  # (B, T, H)
     h = (
-        initial_state.float()
+        initial_state.to(acc)
         if initial_state is not None
-        else x.new_zeros(batch, H, P, Bh.shape[-1], dtype=torch.float32)
+        else x.new_zeros(batch, H, P, Bh.shape[-1], dtype=acc)
     )
     ys = []
     for t in range(T):
-        drive = (dtf[:, t, :, None] * x[:, t].float()).unsqueeze(-1) * Bh[:, t, :, None, :]
+        drive = (dtf[:, t, :, None] * x[:, t].to(acc)).unsqueeze(-1) * Bh[:, t, :, None, :]
         h = decay[:, t, :, None, None] * h + drive
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
     y = torch.stack(ys, dim=1)
     if D is not None:
-        y = y + x.float() * D.float()[:, None]
+        y = y + x.to(acc) * D.to(acc)[:, None]
     y = y.to(x.dtype)
     return (y, h) if return_final_state else y

@@ -1,0 +1,62 @@
+"""Causal depthwise conv and attention paths against their references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablate.ops import attention as attn
+from ablate.ops.attention import masks, reference
+from ablate.ops.conv1d import causal_conv1d, causal_conv1d_loop, conv_step
+
+
+@pytest.mark.parametrize("T,K", [(1, 4), (9, 4), (31, 3)])
+def test_conv_matches_tap_loop_forward_backward(T, K):
+    x = torch.randn(2, 5, T, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, K, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y, y_ref = causal_conv1d(x, w, b), causal_conv1d_loop(x, w, b)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad((y * g).sum(), [x, w, b]),
+                               torch.autograd.grad((y_ref * g).sum(), [x, w, b]))
+
+
+def test_conv_state_and_step_continue_a_sequence():
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    w, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    full = causal_conv1d(x, w, b)
+    y1, state = causal_conv1d(x[..., :7], w, b, return_final_state=True)
+    steps = [conv_step(state, x[..., t], w, b) for t in range(7, 12)]
+    torch.testing.assert_close(torch.cat([y1, torch.stack(steps, -1)], -1), full)
+
+
+def test_mask_window_and_meta():
+    m = masks.visible(torch.arange(8), torch.arange(8), window=3, n_meta=2)
+    assert m[7].tolist() == [True, True, False, False, False, True, True, True]
+    assert m[1].tolist() == [True, True] + [False] * 6
+
+
+@pytest.mark.parametrize("window,n_meta", [(None, 0), (None, 3), (4, 0), (4, 3)])
+@pytest.mark.parametrize("Tq", [1, 11])
+def test_sdpa_matches_eager_forward_backward(window, n_meta, Tq):
+    B, H, Hkv, Tk, D, Dv = 2, 4, 2, 11, 8, 16
+    q = torch.randn(B, H, Tq, D, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, Hkv, Tk, D, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, Hkv, Tk, Dv, dtype=torch.float64, requires_grad=True)
+    q_pos, k_pos = torch.arange(Tk - Tq, Tk), torch.arange(Tk)
+    out = attn.attention(q, k, v, q_pos, k_pos, window, n_meta, impl="sdpa")
+    ref = attn.attention(q, k, v, q_pos, k_pos, window, n_meta, impl="eager")
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), [q, k, v]),
+                               torch.autograd.grad((ref * g).sum(), [q, k, v]))
+
+
+def test_eager_probabilities_are_softmax_over_visible_keys():
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
+    mask = masks.visible(torch.arange(5), torch.arange(5), None, 0)
+    _, p = reference.attention(q, k, v, mask, return_probs=True)
+    scores = (q @ k.transpose(-1, -2)) / 2.0
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+    torch.testing.assert_close(p, expected)

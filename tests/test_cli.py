@@ -1,0 +1,27 @@
+"""CLI smoke tests (in-process)."""
+
+from __future__ import annotations
+
+from ablate.cli import main
+
+
+def test_variants_table(capsys):
+    assert main(["variants", "--seq-len", "8000"]) == 0
+    out = capsys.readouterr().out
+    assert "hymba-1.5b" in out and "1,522.80" in out and "262.14" in out
+
+
+def test_variants_plan(capsys):
+    assert main(["variants", "hymba-1.5b", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert " 15  hybrid     global" in out and "kv:consumer(group 7)" in out
+
+
+def test_unknown_variant_is_a_clear_error(capsys):
+    assert main(["variants", "nope"]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_keys_lists_help(capsys):
+    assert main(["keys"]) == 0
+    assert "hybrid.fusion" in capsys.readouterr().out
