@@ -15,7 +15,7 @@ import torch
 
 @dataclass(frozen=True)
 class Backends:
-    scan: str = "chunked"
+    scan: str = "loop"
     ssd: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"
@@ -55,7 +55,7 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Back
         raise BackendError("backend 'triton' needs triton: pip install triton")
     if requested == "torch" or not on_cuda:
         return Backends()
-    scan = "chunked"
+    scan = "loop"
     from ablate.ops import scan as scan_ops
 
     if requested == "cuda":

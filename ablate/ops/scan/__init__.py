@@ -3,12 +3,15 @@ the name comes from ``ops.backends.resolve`` and is recorded with the run."""
 
 from __future__ import annotations
 
-from ablate.ops.scan import chunked, reference
+from ablate.ops.scan import loop, reference
 
-IMPLS = {"reference": reference.selective_scan, "chunked": chunked.selective_scan}
+IMPLS = {
+    "reference": reference.selective_scan,
+    "loop": loop.selective_scan,
+}
 
 
-def selective_scan(*args, impl: str = "chunked", **kwargs):
+def selective_scan(*args, impl: str = "loop", **kwargs):
     return IMPLS[impl](*args, **kwargs)
 
 
