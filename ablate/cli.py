@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="every model config key with its default and help")
     p.set_defaults(func=_keys)
 
+    from ablate import commands
+
+    commands.add_commands(sub)
     return parser
 
 

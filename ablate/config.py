@@ -148,6 +148,12 @@ def _describe(tp: Any) -> str:
 def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     """Convert a YAML value to type ``tp`` or raise ConfigError naming ``where`` and ``key``."""
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is dict:  # free-form mapping (e.g. dotted overrides), checked where it is applied
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: key '{key}' must be a mapping with string keys")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: key '{key}' must be a mapping of {tp.__name__} fields")
@@ -241,7 +247,13 @@ def parse_assignment(text: str, where: str = "--set") -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"{where}: expected key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

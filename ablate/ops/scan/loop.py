@@ -26,39 +26,40 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, dt, A, B, C, u, h0):
         decay = torch.exp(dt.permute(2, 0, 1).unsqueeze(-1) * A)  # (T, B, D, N)
         drive = (dt * u).permute(2, 0, 1).unsqueeze(-1) * B.permute(2, 0, 1).unsqueeze(2)
-        states = torch.empty_like(decay)
+        states = drive  # h_t overwrites drive_t in place: drive_t is not needed after step t
         h = h0
         for t in range(decay.shape[0]):
-            h = torch.addcmul(drive[t], decay[t], h)
-            states[t] = h
-        y = torch.einsum("tbdn,bnt->bdt", states, C)
-        ctx.save_for_backward(dt, A, B, C, u, h0, states)
-        return y, h
+            h = states[t].addcmul_(decay[t], h)
+        Ct = C.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
+        y = (states * Ct).sum(-1).permute(1, 2, 0)  # (B, D, T)
+        ctx.save_for_backward(dt, A, B, C, u, h0, states, decay)
+        return y, h.clone()
 
     @staticmethod
     def backward(ctx, gy, gh_last):
-        dt, A, B, C, u, h0, states = ctx.saved_tensors
-        decay = torch.exp(dt.permute(2, 0, 1).unsqueeze(-1) * A)
+        dt, A, B, C, u, h0, states, decay = ctx.saved_tensors
         T = decay.shape[0]
         Ct = C.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
         gyt = gy.permute(2, 0, 1).unsqueeze(-1)  # (T, B, D, 1)
-        dh = torch.empty_like(states)
+        dh = gyt * Ct  # (T, B, D, N): the direct part C_t dy_t, completed in place below
+        dh_decay = torch.empty_like(dh)  # exp(dt_t A) * dh_t: the carry into step t-1
         carry = gh_last if gh_last is not None else torch.zeros_like(h0)
         for t in range(T - 1, -1, -1):
-            g = torch.addcmul(carry, gyt[t], Ct[t])
-            dh[t] = g
-            carry = decay[t] * g
-        dh0 = carry
-        prev = torch.cat([h0.unsqueeze(0), states[:-1]], dim=0)
-        d_log_decay = dh * prev * decay  # d/d(dt*A)
-        dC = torch.einsum("tbdn,bdt->bnt", states, gy)
+            g = dh[t].add_(carry)
+            carry = torch.mul(decay[t], g, out=dh_decay[t])
+        # d(dt_t A) = dh_t * exp(dt_t A) * h_{t-1}
+        d_log_decay = dh_decay
+        d_log_decay[1:] *= states[:-1]
+        d_log_decay[0] *= h0
+        dC = (states * gyt).sum(2).permute(1, 2, 0)  # (B, N, T)
         Bt = B.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
-        dh_B = (dh * Bt).sum(-1).permute(1, 2, 0)  # (B, D, T): d drive summed against B
+        dh_B = (dh * Bt).sum(-1).permute(1, 2, 0)  # (B, D, T)
+        dtt = dt.permute(2, 0, 1).unsqueeze(-1)  # (T, B, D, 1)
         ddt = (d_log_decay * A).sum(-1).permute(1, 2, 0) + dh_B * u
-        dA = torch.einsum("tbdn,bdt->dn", d_log_decay, dt)
-        dB = torch.einsum("tbdn,bdt->bnt", dh, dt * u)
+        dA = (d_log_decay * dtt).sum((0, 1))
+        dB = (dh * (dtt * u.permute(2, 0, 1).unsqueeze(-1))).sum(2).permute(1, 2, 0)
         du = dh_B * dt
-        return ddt, dA, dB, dC, du, dh0
+        return ddt, dA, dB, dC, du, carry
 
 
 def selective_scan(

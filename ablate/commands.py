@@ -1,0 +1,79 @@
+"""`ablate train | sweep | table` subcommands (the `variants` and `keys` ones live in cli.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ablate.config import ModelConfig, load_variant, override, parse_assignment
+
+RUN_SECTIONS = ("recipe", "mqar", "text", "task", "wandb")
+
+
+def run_config(variant: str, task: str, sets: list[str], where: str = "--set"):
+    """RunConfig for VARIANT on TASK with --set overrides: model keys (size.d_model=64) or
+    recipe./mqar./text. keys."""
+    from ablate.train.run import RunConfig
+
+    cfg = RunConfig(variant=variant, model=load_variant(variant).model, task=task)
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    for text in sets:
+        key, value = parse_assignment(text, where)
+        if key.partition(".")[0] in model_keys:
+            key = "model." + key
+        cfg = override(cfg, key, value, where)
+    return cfg
+
+
+def _train(args) -> int:
+    from ablate.train.run import train
+
+    cfg = run_config(args.variant, args.task, args.set or [])
+    if args.wandb:
+        cfg = dataclasses.replace(cfg, wandb=True)
+    run_dir = Path(args.out) / (args.name or f"{args.variant}-{args.task}-s{cfg.recipe.seed}")
+    record = train(cfg, run_dir, progress=not args.quiet)
+    print(json.dumps({"run_dir": str(run_dir), "status": record["status"],
+                      "tokens_per_s": record.get("tokens_per_s"), **record.get("metrics", {})}, indent=2))
+    return 0
+
+
+def _sweep(args) -> int:
+    from ablate.sweep.launch import launch
+
+    return launch(args.file, workers=args.workers, storage_url=args.storage)
+
+
+def _table(args) -> int:
+    from analysis.tables import write_tables
+
+    paths = write_tables(args.results)
+    print(Path(paths["markdown"]).read_text())
+    print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train one variant on one task (resumes; skips if finished)")
+    p.add_argument("variant")
+    p.add_argument("--task", default="mqar", choices=["mqar", "text"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model key (size.d_model=64) or recipe./mqar./text. key; repeatable")
+    p.add_argument("--out", default="runs", help="parent directory of the run directory")
+    p.add_argument("--name", help="run directory name (default VARIANT-TASK-sSEED)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sweep", help="run a sweep file's grid through an Optuna study")
+    p.add_argument("file", help="sweeps/NAME.yaml")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("table", help="results table (markdown, CSV) and recall-vs-cache plot")
+    p.add_argument("results", help="a sweep's results directory (holding runs/*/run.json)")
+    p.set_defaults(func=_table)
+
+

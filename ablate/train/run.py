@@ -1,0 +1,189 @@
+"""A run: one variant trained on one task under the recipe, in its own directory.
+
+    RUN_DIR/run.json            resolved config, layer plan, parameters, cache bytes, backends,
+                                precision, seed, versions, git revision, status, final metrics,
+                                measured training tokens/s
+    RUN_DIR/logs/attemptN/      Lightning CSV metrics of each (re)start
+    RUN_DIR/checkpoints/last.ckpt
+
+Starting the same run again resumes from last.ckpt (checkpoints are written at every evaluation,
+which is also where the deterministic batch order restarts cleanly); a finished run is not redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+
+import ablate
+from ablate.config import ModelConfig, knob, nested, to_dict
+from ablate.ops.backends import resolve
+from ablate.plan import expand
+from ablate.sizing import cache_bytes, count_params
+from ablate.tasks.mqar import MQARConfig, MQARData
+from ablate.tasks.text import TextConfig, TextData
+from ablate.train.module import LitLM
+from ablate.train.recipe import RecipeConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    variant: str = knob("llama", "variant name (variants/NAME.yaml)")
+    model: ModelConfig = nested(ModelConfig, "the variant's model config after overrides")
+    task: Literal["mqar", "text"] = knob("mqar", "task to train and evaluate on")
+    recipe: RecipeConfig = nested(RecipeConfig, "the training recipe")
+    mqar: MQARConfig = nested(MQARConfig, "MQAR data (task = mqar)")
+    text: TextConfig = nested(TextConfig, "text corpus and tokenizer (task = text)")
+    wandb: bool = knob(False, "also log to Weights & Biases (offline without network)")
+
+
+class Throughput(L.Callback):
+    """Training tokens per second over the timed steps (validation and the first steps excluded)."""
+
+    def __init__(self, skip: int = 3):
+        self.skip, self.tokens, self.seconds, self.seen = skip, 0, 0.0, 0
+
+    def _sync(self, module):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._sync(module)
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self._sync(module)
+        self.seen += 1
+        if self.seen > self.skip:
+            self.seconds += time.perf_counter() - self.t0
+            self.tokens += batch[0].numel() * trainer.world_size
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds else None
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(ablate.__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_data(cfg: RunConfig, steps_per_epoch: int):
+    """-> (datamodule, vocab size the model must have, tokens per training sequence)."""
+    if cfg.task == "mqar":
+        data = MQARData(cfg.mqar, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
+        return data, cfg.mqar.vocab_size, max(s.seq_len for s in cfg.mqar.train)
+    data = TextData(cfg.text, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
+    return data, data.vocab_size, cfg.text.seq_len
+
+
+def resolve_steps(cfg: RunConfig, seq_len: int) -> int:
+    r = cfg.recipe
+    steps = r.max_steps if r.token_budget is None else r.token_budget // (r.batch_size * seq_len)
+    if steps < r.eval_every or steps % r.eval_every:
+        raise ValueError(f"recipe: {steps} training steps must be a positive multiple of "
+                         f"recipe.eval_every = {r.eval_every}")
+    return steps
+
+
+def read_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    path = Path(run_dir) / "run.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _loggers(cfg: RunConfig, run_dir: Path, attempt: int) -> list:
+    loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
+    if cfg.wandb:
+        from ablate.train.tracking import wandb_logger
+
+        loggers.append(wandb_logger(cfg, run_dir))
+    return loggers
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
+    """Train (or resume, or skip if finished) one run; returns its record."""
+    run_dir = Path(run_dir)
+    previous = read_record(run_dir)
+    if previous and previous.get("status") == "finished":
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = cfg.recipe.eval_every
+    data, vocab, seq_len = build_data(cfg, steps_per_epoch)
+    max_steps = resolve_steps(cfg, seq_len)
+    model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
+    accelerator = cfg.recipe.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.recipe.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if on_gpu else "32-true"
+    backends = resolve(model_cfg.backend, "cuda" if on_gpu else "cpu")
+    attempt = (previous or {}).get("attempts", 0) + 1
+    record = {
+        "name": run_dir.name, "variant": cfg.variant, "task": cfg.task, "seed": cfg.recipe.seed,
+        "status": "running", "attempts": attempt,
+        "config": to_dict(dataclasses.replace(cfg, model=model_cfg)),
+        "plan": [spec.describe().strip() for spec in expand(model_cfg)],
+        "params": count_params(model_cfg).as_dict(),
+        "cache_bytes": {dtype: cache_bytes(model_cfg, seq_len, dtype) for dtype in ("fp16", "fp32")},
+        "cache_seq_len": seq_len, "max_steps": max_steps, "precision": precision,
+        "backends": backends.as_dict(),
+        "versions": {"ablate": ablate.__version__, "torch": torch.__version__, "lightning": L.__version__,
+                     "python": platform.python_version()},
+        "git": git_revision(), "host": platform.node(),
+        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
+    }
+    write_record(run_dir, record)
+    try:
+        L.seed_everything(cfg.recipe.seed, workers=True, verbose=False)
+        module = LitLM(model_cfg, cfg.recipe, max_steps, data.val_names, backends)
+        throughput = Throughput()
+        ckpt_dir = run_dir / "checkpoints"
+        trainer = L.Trainer(
+            max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
+            accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
+            precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
+            logger=_loggers(cfg, run_dir, attempt), log_every_n_steps=min(10, steps_per_epoch),
+            callbacks=[throughput, L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)],
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            deterministic=not on_gpu,
+        )
+        last = ckpt_dir / "last.ckpt"
+        started = time.time()
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+        if trainer.global_step < max_steps:
+            raise RuntimeError(f"training stopped at step {trainer.global_step} of {max_steps}")
+    except BaseException as err:
+        record.update(status="failed", reason=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=8))
+        write_record(run_dir, record)
+        raise
+    if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
+        trainer.validate(module, datamodule=data, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
+                  train_seconds=time.time() - started, steps=trainer.global_step)
+    write_record(run_dir, record)
+    return record

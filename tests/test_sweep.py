@@ -1,0 +1,107 @@
+"""Sweeps: strict files, exactly-once execution across workers, failures recorded, stale retries."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+
+import optuna
+import pytest
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from ablate.config import ConfigError
+from ablate.sweep.grid import load_sweep
+from ablate.sweep.launch import launch
+from ablate.sweep.study import claim, open_storage, open_study, redact, worker
+from tests.helpers import write_sweep
+
+
+def test_grid_expands_variants_tasks_seeds_and_knobs(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, grid={"mlp.hidden": [32, 64]}))
+    assert len(sweep.runs) == 2 * 2 * 2
+    point, cfg = sweep.runs["llama|mqar|s1|mlp.hidden=64"]
+    assert cfg.model.mlp.hidden == 64 and cfg.recipe.seed == 1 and cfg.model.size.d_model == 32
+    assert sweep.labels == ["llama", "mamba"]
+
+
+def test_match_puts_every_variant_on_one_budget(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, match={"target": 40000, "knob": "mlp.hidden"}))
+    from ablate.sizing import count_params
+
+    for _, cfg in sweep.runs.values():
+        assert abs(count_params(cfg.model).non_embedding - 40000) / 40000 < 0.01
+
+
+@pytest.mark.parametrize("more,expected", [
+    ({"variant": ["llama"]}, ["unknown key 'variant'", "variants"]),
+    ({"variants": ["lama"]}, ["unknown variant 'lama'"]),
+    ({"sets": {"size.width": 3}}, ["t.yaml", "size.width", "d_model"]),
+    ({"recipe": {"lr": "fast"}}, ["t.yaml", "recipe.lr", "float"]),
+    ({"tasks": ["wiki"]}, ["t.yaml", "tasks[0]", "'mqar'"]),
+    ({"match": {"target": 10, "knob": "mlp.hidden"}}, ["t.yaml", "tolerance"]),
+    ({"variants": []}, ["t.yaml", "variants"]),
+])
+def test_bad_sweep_files(tmp_path, more, expected):
+    path = write_sweep(tmp_path, **more)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    for piece in expected:
+        assert piece in str(err.value)
+
+
+def _worker(path, url):
+    worker(path, url, threads=1)
+
+
+def test_two_workers_run_each_point_exactly_once(tmp_path):
+    path = write_sweep(tmp_path)
+    sweep = load_sweep(path)
+    url = sweep.storage
+    open_study(sweep, open_storage(url))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(path), url)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+        assert p.exitcode == 0
+    study = optuna.load_study(study_name="t", storage=url)
+    trials = study.get_trials()
+    assert sorted(t.user_attrs["point"] for t in trials) == sorted(sweep.runs)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for point, _ in sweep.runs.values():
+        record = json.loads((sweep.run_dir(point) / "run.json").read_text())
+        assert record["status"] == "finished" and record["attempts"] == 1
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_completes(tmp_path, capsys):
+    variants = ["llama", {"name": "llama", "label": "broken", "sets": {"init_std": 1.0e30}}]
+    path = write_sweep(tmp_path, variants=variants, seeds=[0])
+    assert launch(str(path), workers=1) == 1
+    out = capsys.readouterr().out
+    assert "FAILED broken|mqar|s0: FloatingPointError: loss is" in out
+    assert "done   llama|mqar|s0" in out and "| llama" in out
+    sweep = load_sweep(path)
+    assert json.loads((sweep.results / "runs" / "broken-mqar-s0" / "run.json").read_text())["status"] == "failed"
+    assert (sweep.results / "table.md").exists() and (sweep.results / "recall_vs_cache.png").exists()
+
+
+def test_a_dead_worker_point_is_requeued_and_resumed(tmp_path):
+    path = write_sweep(tmp_path, variants=["llama"], seeds=[0])
+    sweep = load_sweep(path)
+    storage = open_storage(sweep.storage, heartbeat_s=1, grace_s=1)
+    study = open_study(sweep, storage)
+    claimed = claim(study, storage)  # a worker takes the point ... and dies without a heartbeat
+    assert claimed is not None and claim(study, storage) is None
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == ["FAIL", "WAITING"]
+    assert worker(str(path), sweep.storage, threads=1) == 1
+    assert [t.state for t in study.get_trials()][-1] == TrialState.COMPLETE
+
+
+def test_storage_password_is_redacted():
+    assert redact("postgresql://ablate:s3cret@db:5432/studies") == "postgresql://ablate:***@db:5432/studies"
