@@ -71,8 +71,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
         digits = 0 if col == "tokens_per_s" else 3
         name = col.replace("val/", "").replace("/acc", " acc") if col != "tokens_per_s" else "train tok/s"
         shown[name] = [_cell(m, c, digits) for m, c in zip(summary[col], summary[col + " ci95"], strict=True)]
-    return shown.to_markdown(index=False, disable_numparse=True) + "\n\nmean ± 95% CI over seeds (Student t); cache: fp16 " \
-        "decoding state at the longest training sequence\n"
+    note = "mean ± 95% CI over seeds (Student t); cache: fp16 decoding state at the longest training sequence"
+    return shown.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
 
 
 def write_tables(results: str | Path, order: list[str] | None = None) -> dict[str, str]:

@@ -30,7 +30,8 @@ from ablate.tasks.batches import StepBatchSampler
 
 @dataclass(frozen=True, kw_only=True)
 class TextConfig:
-    train: tuple[str, ...] = knob((), "training sources: paths/globs (.txt/.jsonl/.parquet[.gz]) or hf:NAME[:CONFIG]:SPLIT")
+    train: tuple[str, ...] = knob(
+        (), "training sources: paths/globs (.txt/.jsonl/.parquet[.gz]) or hf:NAME[:CONFIG]:SPLIT")
     val: tuple[str, ...] = knob((), "validation sources (each reported separately)")
     text_field: str = knob("text", "field holding the text in .jsonl / .parquet / HF rows")
     tokenizer: str = knob("bpe", "bpe (trained on the training text) or hf:NAME")
