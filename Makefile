@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
 
-.PHONY: install test lint sweep
+.PHONY: install test lint sweep bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ablate tests analysis
+
+# GPU only: timings appended to benchmarks/RESULTS.md with the command and the GPU
+bench: $(STAMP)
+	$(PY) -m ablate.cli bench

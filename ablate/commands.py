@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ablate.config import ModelConfig, load_variant, override, parse_assignment
+from ablate.config import ConfigError, ModelConfig, load_variant, override, parse_assignment
 
 RUN_SECTIONS = ("recipe", "mqar", "text", "task", "wandb")
 
@@ -54,6 +54,17 @@ def _table(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from ablate import bench
+
+    sections = args.sections.split(",") if args.sections else list(bench.SECTIONS)
+    unknown = sorted(set(sections) - set(bench.SECTIONS))
+    if unknown:
+        raise ConfigError(f"--sections: unknown {unknown}; allowed: {', '.join(bench.SECTIONS)}")
+    bench.run(sections, Path(args.out))
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train one variant on one task (resumes; skips if finished)")
     p.add_argument("variant")
@@ -71,6 +82,11 @@ def add_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("bench", help="GPU benchmarks (ops, layer, model, inference) into a results file")
+    p.add_argument("--sections", help="comma list of: scan, attention, layer, model, inference (default all)")
+    p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("table", help="results table (markdown, CSV) and recall-vs-cache plot")
     p.add_argument("results", help="a sweep's results directory (holding runs/*/run.json)")

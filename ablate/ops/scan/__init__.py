@@ -3,12 +3,18 @@ the name comes from ``ops.backends.resolve`` and is recorded with the run."""
 
 from __future__ import annotations
 
+import importlib.util
+
 from ablate.ops.scan import loop, reference
 
 IMPLS = {
     "reference": reference.selective_scan,
     "loop": loop.selective_scan,
 }
+if importlib.util.find_spec("triton") is not None:  # ops.backends decides whether it is used
+    from ablate.ops.scan import triton as _triton_scan
+
+    IMPLS["triton"] = _triton_scan.selective_scan
 
 
 def selective_scan(*args, impl: str = "loop", **kwargs):

@@ -19,29 +19,32 @@ from torch import Tensor
 from ablate.ops.scan.reference import discretize, finish
 
 
+def _time_major(t: Tensor) -> Tensor:
+    """(B, X, T) -> contiguous (T, B, X): every later elementwise op then runs on dense memory."""
+    return t.permute(2, 0, 1).contiguous()
+
+
 class _Recurrence(torch.autograd.Function):
     """(dt, A, B, C, u, h0) -> (y = C . h_t per step, h_{T-1}); layouts as in reference.py."""
 
     @staticmethod
     def forward(ctx, dt, A, B, C, u, h0):
-        decay = torch.exp(dt.permute(2, 0, 1).unsqueeze(-1) * A)  # (T, B, D, N)
-        drive = (dt * u).permute(2, 0, 1).unsqueeze(-1) * B.permute(2, 0, 1).unsqueeze(2)
-        states = drive  # h_t overwrites drive_t in place: drive_t is not needed after step t
+        dt_t, u_t, B_t, C_t = (_time_major(x) for x in (dt, u, B, C))  # (T, B, D) / (T, B, N)
+        decay = torch.exp(dt_t.unsqueeze(-1) * A)  # (T, B, D, N)
+        states = (dt_t * u_t).unsqueeze(-1) * B_t.unsqueeze(2)  # drive; overwritten by h_t below
         h = h0
         for t in range(decay.shape[0]):
             h = states[t].addcmul_(decay[t], h)
-        Ct = C.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
-        y = (states * Ct).sum(-1).permute(1, 2, 0)  # (B, D, T)
-        ctx.save_for_backward(dt, A, B, C, u, h0, states, decay)
+        y = torch.einsum("tbdn,tbn->tbd", states, C_t).permute(1, 2, 0)  # (B, D, T)
+        ctx.save_for_backward(dt_t, A, B_t, C_t, u_t, h0, states, decay)
         return y, h.clone()
 
     @staticmethod
     def backward(ctx, gy, gh_last):
-        dt, A, B, C, u, h0, states, decay = ctx.saved_tensors
+        dt_t, A, B_t, C_t, u_t, h0, states, decay = ctx.saved_tensors
         T = decay.shape[0]
-        Ct = C.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
-        gyt = gy.permute(2, 0, 1).unsqueeze(-1)  # (T, B, D, 1)
-        dh = gyt * Ct  # (T, B, D, N): the direct part C_t dy_t, completed in place below
+        gy_t = _time_major(gy)  # (T, B, D)
+        dh = gy_t.unsqueeze(-1) * C_t.unsqueeze(2)  # C_t dy_t, completed in place below
         dh_decay = torch.empty_like(dh)  # exp(dt_t A) * dh_t: the carry into step t-1
         carry = gh_last if gh_last is not None else torch.zeros_like(h0)
         for t in range(T - 1, -1, -1):
@@ -51,15 +54,13 @@ class _Recurrence(torch.autograd.Function):
         d_log_decay = dh_decay
         d_log_decay[1:] *= states[:-1]
         d_log_decay[0] *= h0
-        dC = (states * gyt).sum(2).permute(1, 2, 0)  # (B, N, T)
-        Bt = B.permute(2, 0, 1).unsqueeze(2)  # (T, B, 1, N)
-        dh_B = (dh * Bt).sum(-1).permute(1, 2, 0)  # (B, D, T)
-        dtt = dt.permute(2, 0, 1).unsqueeze(-1)  # (T, B, D, 1)
-        ddt = (d_log_decay * A).sum(-1).permute(1, 2, 0) + dh_B * u
-        dA = (d_log_decay * dtt).sum((0, 1))
-        dB = (dh * (dtt * u.permute(2, 0, 1).unsqueeze(-1))).sum(2).permute(1, 2, 0)
-        du = dh_B * dt
-        return ddt, dA, dB, dC, du, carry
+        dC = torch.einsum("tbdn,tbd->bnt", states, gy_t)
+        dh_B = torch.einsum("tbdn,tbn->tbd", dh, B_t)  # d drive summed against B
+        ddt = torch.einsum("tbdn,dn->tbd", d_log_decay, A) + dh_B * u_t
+        dA = torch.einsum("tbdn,tbd->dn", d_log_decay, dt_t)
+        dB = torch.einsum("tbdn,tbd->bnt", dh, dt_t * u_t)
+        du = dh_B * dt_t
+        return ddt.permute(1, 2, 0), dA, dB, dC, du.permute(1, 2, 0), carry
 
 
 def selective_scan(

@@ -1,0 +1,241 @@
+"""Mamba-1 selective scan in Triton, forward and backward.
+
+One program owns BLOCK_D channels of one sequence and walks the time axis in chunks of CHUNK
+steps. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t (a = exp(dt A), b = dt u B) is
+solved for all (channel, step, state) at once with ``tl.associative_scan`` over the step axis, and
+the chunk's last state is carried into the next chunk. The forward stores the state at every
+chunk start (B, D, T/CHUNK, N); the backward walks the chunks in reverse, recomputes the chunk's
+states from that checkpoint, and solves the adjoint recurrence
+
+    x_t = C_t dy_t + a_{t+1} x_{t+1}        (x_{T} = grad of the final state, a_T = 1)
+
+with the same scan on the time-reversed chunk. Per-program partial sums of dB, dC (over the
+channel block) and dA (over the sequence) are written out and reduced with torch.
+
+Gate and skip are fused: out = (y + D u) * silu(z). Inputs may be fp32, fp16 or bf16; all
+arithmetic is fp32. Layouts as in reference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS: tl.constexpr):
+    """dt after bias and softplus at (offs_d, offs_t); 0 outside the sequence (decay 1, no input)."""
+    md = offs_d < D
+    m2 = md[:, None] & (offs_t < T)[None, :]
+    row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
+    raw = tl.load(dt_ptr + row, mask=m2, other=0.0).to(tl.float32)
+    if bias_ptr is not None:
+        raw += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+    dt = _softplus(raw) if SOFTPLUS else raw
+    return tl.where(m2, dt, 0.0), raw
+
+
+@triton.jit
+def _chunk(u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, t0, T, D,
+           N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Tiles of one chunk: decays a and drives x (BLOCK_D, CHUNK, N), plus what the callers need."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_t = t0 + tl.arange(0, CHUNK)
+    offs_n = tl.arange(0, N)
+    md = offs_d < D
+    mt = offs_t < T
+    m2 = md[:, None] & mt[None, :]
+    row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
+    u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
+    dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+    bc = (b * N + offs_n)[None, :] * T + offs_t[:, None]  # (CHUNK, N)
+    Bt = tl.load(B_ptr + bc, mask=mt[:, None], other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + bc, mask=mt[:, None], other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=md[:, None], other=0.0).to(tl.float32)
+    a = tl.exp(dt[:, :, None] * A[:, None, :])
+    x = (dt * u)[:, :, None] * Bt[None, :, :]
+    return offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                out_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
+    b = tl.program_id(0)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    md = offs_d < D
+    state_off = (b * D + offs_d)[:, None] * N + offs_n[None, :]
+    if h0_ptr is not None:
+        h = tl.load(h0_ptr + state_off, mask=md[:, None], other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    last = (tl.arange(0, CHUNK) == CHUNK - 1)[None, :, None]
+    for c in range(n_chunks):
+        tl.store(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + offs_n[None, :], h, mask=md[:, None])
+        offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x = _chunk(
+            u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, c * CHUNK, T, D, N, BLOCK_D, CHUNK, SOFTPLUS)
+        a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
+        hs = x_cum + a_cum * h[:, None, :]
+        y = tl.sum(hs * Ct[None, :, :], axis=2)  # (BLOCK_D, CHUNK)
+        if D_ptr is not None:
+            y += u * tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+        if z_ptr is not None:
+            z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + row, y.to(out_ptr.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=1)
+    tl.store(hT_ptr + state_off, h, mask=md[:, None])
+
+
+@triton.jit
+def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
+                du_ptr, ddt_ptr, dz_ptr, dA_part_ptr, dB_part_ptr, dC_part_ptr, dD_part_ptr, dh0_ptr,
+                T, D, n_chunks, n_dblocks,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
+    b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d0 = pid_d * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N)
+    md = offs_d < D
+    state_off = (b * D + offs_d)[:, None] * N + offs_n[None, :]
+    if dhT_ptr is not None:  # x_T: gradient of the final state
+        carry = tl.load(dhT_ptr + state_off, mask=md[:, None], other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    a_first = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # decay of step 0, for the initial-state grad
+    first = (tl.arange(0, CHUNK) == 0)[None, :, None]
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        t0 = c * CHUNK
+        h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + offs_n[None, :],
+                       mask=md[:, None], other=0.0)
+        offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x = _chunk(
+            u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, t0, T, D, N, BLOCK_D, CHUNK, SOFTPLUS)
+        a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
+        hs = x_cum + a_cum * h_in[:, None, :]
+        dout = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
+        Dv = 0.0
+        if D_ptr is not None:
+            Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+        dy = dout
+        if z_ptr is not None:
+            z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(z)
+            pre = tl.sum(hs * Ct[None, :, :], axis=2) + u * Dv
+            tl.store(dz_ptr + row, (dout * pre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
+                     mask=m2)
+            dy = dout * z * sig
+        dD_acc += tl.sum(dy * u, axis=1)
+        # adjoint: x_t = C_t dy_t + a_{t+1} x_{t+1}, scanned from the chunk end (a_{t+1} loaded at t+1)
+        dt_next, _ = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t + 1, T, D, SOFTPLUS)
+        a_next = tl.exp(dt_next[:, :, None] * A[:, None, :])
+        g = dy[:, :, None] * Ct[None, :, :]
+        r_cum, g_cum = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
+        xs = g_cum + r_cum * carry[:, None, :]  # dL/dh_t
+        carry = tl.sum(tl.where(first, xs, 0.0), axis=1)
+        a_first = tl.sum(tl.where(first, a, 0.0), axis=1)
+        dlog = xs * (hs - x)  # dL/d(dt_t A) = x_t a_t h_{t-1}
+        xb = tl.sum(xs * Bt[None, :, :], axis=2)  # (BLOCK_D, CHUNK)
+        ddt = tl.sum(dlog * A[:, None, :], axis=2) + xb * u
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        tl.store(ddt_ptr + row, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+        tl.store(du_ptr + row, (xb * dt + dy * Dv).to(du_ptr.dtype.element_ty), mask=m2)
+        dA_acc += tl.sum(dlog * dt[:, :, None], axis=1)
+        part = ((b * n_dblocks + pid_d) * N + offs_n)[None, :] * T + offs_t[:, None]  # (CHUNK, N)
+        mt = (offs_t < T)[:, None]
+        tl.store(dB_part_ptr + part, tl.sum(xs * (dt * u)[:, :, None], axis=0), mask=mt)
+        tl.store(dC_part_ptr + part, tl.sum(hs * dy[:, :, None], axis=0), mask=mt)
+    tl.store(dh0_ptr + state_off, a_first * carry, mask=md[:, None])
+    tl.store(dA_part_ptr + state_off, dA_acc, mask=md[:, None])
+    tl.store(dD_part_ptr + b * D + offs_d, dD_acc, mask=md)
+
+
+# Tile shape: channels per program, steps per chunk, warps (fwd, bwd); see benchmarks/NOTES.md.
+CONFIG = {"BLOCK_D": 8, "CHUNK": 32, "fwd_warps": 4, "bwd_warps": 4}
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
+        BLOCK_D, CHUNK = CONFIG["BLOCK_D"], CONFIG["CHUNK"]
+        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        z = z.contiguous() if z is not None else None
+        batch, dim, T = u.shape
+        N = A.shape[1]
+        n_chunks = triton.cdiv(T, CHUNK)
+        out = torch.empty_like(u)
+        hT = u.new_empty(batch, dim, N, dtype=torch.float32)
+        ckpt = u.new_empty(batch, dim, n_chunks, N, dtype=torch.float32)
+        grid = (batch, triton.cdiv(dim, BLOCK_D))
+        A32 = A.float().contiguous()
+        _fwd_kernel[grid](u, delta, A32, B, C, D, z, delta_bias, h0, out, hT, ckpt, T, dim, n_chunks,
+                          N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=softplus, num_warps=CONFIG["fwd_warps"])
+        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, ckpt, h0)
+        ctx.softplus = softplus
+        return out, hT
+
+    @staticmethod
+    def backward(ctx, dout, dhT):
+        u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
+        BLOCK_D, CHUNK = CONFIG["BLOCK_D"], CONFIG["CHUNK"]
+        batch, dim, T = u.shape
+        N = A.shape[1]
+        n_chunks = ckpt.shape[2]
+        n_dblocks = triton.cdiv(dim, BLOCK_D)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
+        dB_part = u.new_empty(batch, n_dblocks, N, T, dtype=torch.float32)
+        dC_part = u.new_empty(batch, n_dblocks, N, T, dtype=torch.float32)
+        dD_part = u.new_empty(batch, dim, dtype=torch.float32)
+        dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
+        _bwd_kernel[(batch, n_dblocks)](
+            u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
+            dhT.contiguous() if dhT is not None else None,
+            du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dh0, T, dim, n_chunks, n_dblocks,
+            N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=ctx.softplus, num_warps=CONFIG["bwd_warps"])
+        dB = dB_part.sum(1).to(B.dtype)
+        dC = dC_part.sum(1).to(C.dtype)
+        dA = dA_part.sum(0)
+        dD = dD_part.sum(0).to(D.dtype) if D is not None else None
+        dbias = None
+        if delta_bias is not None:
+            dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0 if h0 is not None else None
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+):
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    out, hT = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    return (out, hT) if return_final_state else out
