@@ -78,7 +78,7 @@ def bench_scan(rows: list[dict]) -> None:
             if slow and T > 2048:
                 continue
 
-            def call(fn=fn):
+            def call(fn=fn, x=x):
                 return fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
 
             fwd = median_ms(call, 2 if slow else 25, 5 if slow else 100)
@@ -87,6 +87,182 @@ def bench_scan(rows: list[dict]) -> None:
                          "fwd_ms": fwd, "fwd_bwd_ms": both})
             print(rows[-1], flush=True)
         del x
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def bench_attention(rows: list[dict]) -> None:
+    from ablate.ops import attention as attn
+
+    B, H, Hkv, T, D, meta, window = 8, 16, 4, 2048 + 128, 64, 128, 1024
+    q = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, Hkv, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, Hkv, T, 2 * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.arange(T, device="cuda")
+    cases = {
+        "global causal, SDPA": ("sdpa", None),
+        "window 1024 + 128 meta, flex (ours)": ("flex", window),
+        "window 1024 + 128 meta, SDPA + dense mask": ("sdpa", window),
+    }
+    for name, (impl, w) in cases.items():
+        def call(impl=impl, w=w):
+            return attn.attention(q, k, v, pos, pos, w, meta, impl=impl)
+
+        rows.append({"section": "attention", "case": f"B={B} H={H} Hkv={Hkv} T={T} D={D} Dv={2 * D} bf16",
+                     "impl": name, "fwd_ms": median_ms(call), "fwd_bwd_ms": median_ms(fwd_bwd(call, [q, k, v]))})
+        print(rows[-1], flush=True)
+
+
+# ----------------------------------------------------------------------------- layer
+
+
+class AssembledHybrid(torch.nn.Module):
+    """The parallel hybrid layer built from parts: q/k/v projection + RoPE + attention (SDPA
+    causal, or flex for a window) and mamba-ssm's Mamba module on the same input, each output
+    RMS-normed, averaged. (mamba-ssm's Mamba has its own in/out projections.)"""
+
+    def __init__(self, d, n_heads, n_kv, d_state, window, n_meta):
+        super().__init__()
+        from mamba_ssm import Mamba
+
+        from ablate.layers import RMSNorm
+
+        self.h, self.kv, self.hd, self.window, self.n_meta = n_heads, n_kv, d // n_heads, window, n_meta
+        self.qkv = torch.nn.Linear(d, (n_heads + 2 * n_kv) * self.hd, bias=False)
+        self.o = torch.nn.Linear(n_heads * self.hd, d, bias=False)
+        self.mamba = Mamba(d_model=d, d_state=d_state, d_conv=4, expand=2)
+        self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
+
+    def forward(self, x):
+        from ablate.mixers.attention import rope
+        from ablate.ops import attention as attn
+
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], -1)
+        pos = torch.arange(T, device=x.device)
+        q, k = (rope(t.unflatten(-1, (-1, self.hd)).transpose(1, 2), pos, 1e4) for t in (q, k))
+        v = v.unflatten(-1, (-1, self.hd)).transpose(1, 2)
+        a = attn.attention(q, k, v, pos, pos, self.window, self.n_meta, impl="flex" if self.window else "sdpa")
+        a = self.o(a.transpose(1, 2).flatten(2))
+        return (self.n1(a) + self.n2(self.mamba(x))) / 2
+
+
+def bench_layer(rows: list[dict]) -> None:
+    from ablate.config import ModelConfig, override
+    from ablate.mixers.base import Context
+    from ablate.mixers.hybrid import Hybrid
+    from ablate.ops.backends import resolve
+    from ablate.plan import LayerSpec
+
+    d, H, kv, B, T, meta = 768, 12, 4, 8, 2048 + 128, 128
+    cfg = ModelConfig()
+    for key, value in {"size.d_model": d, "attention.n_heads": H, "attention.n_kv_heads": kv, "mamba.d_state": 16,
+                       "n_meta": meta}.items():
+        cfg = override(cfg, key, value)
+    x = torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.arange(T, device="cuda")
+    for window in (None, 1024):
+        ours = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), resolve("auto", "cuda")).cuda().bfloat16()
+        assembled = AssembledHybrid(d, H, kv, 16, window, meta).cuda().bfloat16()
+        label = "global" if window is None else f"window {window}"
+        for name, layer, call in (
+            ("ours (Hybrid, triton scan)", ours, lambda layer=ours: layer(x, Context(pos=pos, n_meta=meta)).y),
+            ("mamba-ssm Mamba + SDPA/flex", assembled, lambda layer=assembled: layer(x)),
+        ):
+            params = sum(p.numel() for p in layer.parameters())
+            rows.append({"section": "layer", "case": f"d={d} H={H}/{kv} B={B} T={T} {label} bf16", "impl": name,
+                         "params_M": params / 1e6, "fwd_ms": median_ms(call),
+                         "fwd_bwd_ms": median_ms(fwd_bwd(call, [x, *layer.parameters()]))})
+            print(rows[-1], flush=True)
+
+
+# ----------------------------------------------------------------------------- model
+
+CORE = ("llama", "mamba", "mamba2", "samba", "roadmap-b-parallel", "roadmap-c-swa", "roadmap-d-kvshare",
+        "roadmap-e-meta")
+# Hymba's Table 11 shapes (window 1024, 128 meta tokens, vocab 32001)
+SIZES = {"125M": {"size.d_model": 512, "size.n_layers": 24, "attention.n_heads": 8, "attention.n_kv_heads": 4,
+                  "mlp.hidden": 1664},
+         "350M": {"size.d_model": 768, "size.n_layers": 32, "attention.n_heads": 12, "attention.n_kv_heads": 4,
+                  "mlp.hidden": 2432}}
+
+
+def core_model(name: str, size: str):
+    from ablate.config import load_variant, override
+
+    cfg = load_variant(name).model
+    sets = {**SIZES[size], "size.vocab_size": 32001, "mamba2.head_dim": 64}
+    if cfg.layout.window is not None:
+        sets["layout.window"] = 1024
+    for key, value in sets.items():
+        cfg = override(cfg, key, value)
+    return cfg
+
+
+def bench_model(rows: list[dict], batch: int = 8, seq: int = 2048) -> None:
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from ablate.sizing import count_params, train_flops_per_token
+
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name()), None)
+    for size in SIZES:
+        for name in CORE:
+            cfg = core_model(name, size)
+            model = LM(cfg, resolve("auto", "cuda")).cuda()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            tokens = torch.randint(0, cfg.size.vocab_size, (batch, seq + 1), device="cuda")
+
+            def step(model=model, opt=opt, tokens=tokens):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(tokens[:, :-1]).logits
+                    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            ms = median_ms(step, warmup=3, rep=10)
+            tps = batch * seq / (ms / 1e3)
+            flops = train_flops_per_token(cfg, seq)
+            rows.append({"section": "model", "case": f"{size} bf16 B={batch} T={seq}", "impl": name,
+                         "params_M": count_params(cfg).total / 1e6, "step_ms": ms, "tokens_per_s": tps,
+                         "MFU": tps * flops / peak if peak else None})
+            print(rows[-1], flush=True)
+            del model, opt
+            torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def bench_inference(rows: list[dict], context: int = 8000, new: int = 64) -> None:
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from ablate.sizing import cache_bytes
+
+    for name in CORE:
+        cfg = core_model(name, "350M")
+        model = LM(cfg, resolve("auto", "cuda")).cuda().bfloat16().eval()
+        prompt = torch.randint(0, cfg.size.vocab_size, (1, context), device="cuda")
+        with torch.no_grad():
+            prefill_ms = median_ms(lambda model=model, p=prompt: model(p, model.new_cache()), warmup=1, rep=3)
+            cache = model.new_cache()
+            logits = model(prompt, cache).logits[:, -1]
+            measured = cache.nbytes()
+            nxt = logits.argmax(-1, keepdim=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(new):
+                nxt = model(nxt, cache).logits[:, -1].argmax(-1, keepdim=True)
+            torch.cuda.synchronize()
+            decode_s = time.perf_counter() - t0
+        rows.append({"section": "inference", "case": f"350M bf16 B=1 context={context}", "impl": name,
+                     "prefill_tok_s": context / (prefill_ms / 1e3), "decode_tok_s": new / decode_s,
+                     "cache_MB_measured": measured / 1e6,
+                     "cache_MB_analytic": cache_bytes(cfg, context + new, "bf16")["total"] / 1e6})
+        print(rows[-1], flush=True)
+        del model, cache
         torch.cuda.empty_cache()
 
 

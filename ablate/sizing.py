@@ -141,3 +141,24 @@ def match(cfg: ModelConfig, target: int, knob: str = "mlp.hidden", tolerance: fl
             "choose a finer knob"
         )
     return result
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward) from the layer plan:
+    6 x (matmul weights, incl. the tied head) + attention scores/values over the keys each query
+    sees + the SSM scan (about 7 FLOPs per channel-state-step forward). Norms, activations and
+    the conv are ignored (a few percent at these sizes)."""
+    model = meta_model(cfg)
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("meta"))
+    flops = 6.0 * matmul
+    T = seq_len + cfg.n_meta
+    for block in model.blocks:
+        heads = getattr(block.mixer, "attn", None) or getattr(block.mixer, "heads", None)
+        if heads is not None:
+            w = block.spec.window
+            keys = (T + 1) / 2 if w is None else min(w, (T + 1) / 2) + cfg.n_meta
+            flops += 3 * 2 * heads.n_heads * (heads.head_dim + heads.v_head_dim) * keys
+        ssm = getattr(block.mixer, "ssm", None)
+        if ssm is not None:
+            flops += 3 * 7 * ssm.d_inner * ssm.cfg.d_state
+    return flops

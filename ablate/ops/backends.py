@@ -55,11 +55,13 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Back
         raise BackendError("backend 'triton' needs triton: pip install triton")
     if requested == "torch" or not on_cuda:
         return Backends()
-    scan = "loop"
     from ablate.ops import scan as scan_ops
 
     if requested == "cuda":
         scan = "cuda"
+        scan_ops.register_mamba_ssm()
     elif have["triton"] and "triton" in scan_ops.IMPLS:
         scan = "triton"
-    return Backends(scan=scan)
+    else:
+        scan = "loop"
+    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa")

@@ -53,4 +53,7 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
     refs = torch.autograd.grad((y_ref * gy).sum() + (h_ref * gh).sum(), leaves64)
     outs = torch.autograd.grad((y.double() * gy).sum() + (h.double() * gh).sum(), leaves)
     for name, a, b in zip(names, outs, refs, strict=True):
-        assert rel_err(a, b) < tol * 5, (name, rel_err(a, b))
+        if b.norm() < 1e-9:  # exactly-zero reference (dA at T=1 from a zero state): absolute check
+            assert a.abs().max() < 1e-5, (name, a.abs().max())
+        else:
+            assert rel_err(a, b) < tol * 5, (name, rel_err(a, b))

@@ -8,18 +8,24 @@ from torch import Tensor
 from ablate.ops.attention import reference, sdpa
 from ablate.ops.attention.masks import visible
 
-IMPLS = ("eager", "sdpa")
+IMPLS = ("eager", "sdpa", "flex")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
               window: int | None, n_meta: int, impl: str = "sdpa"):
     """Causal attention over absolute positions (window and always-visible meta prefix)."""
+    # A full forward over a fresh sequence: queries and keys are the same positions 0..T-1.
+    square = q.shape[2] == k.shape[2] and int(k_pos[0]) == 0
+    if impl == "flex" and square and window is not None:
+        from ablate.ops.attention import flex
+
+        return flex.attention(q, k, v, window, n_meta)
     mask = visible(q_pos, k_pos, window, n_meta)
     if impl == "eager":
         return reference.attention(q, k, v, mask)
-    # A plain causal square (full forward of a global layer) takes SDPA's causal fast path.
-    square = q.shape[2] == k.shape[2] and window is None
-    return sdpa.attention(q, k, v, mask, is_causal=square)
+    # Global causal over a fresh sequence takes SDPA's causal fast path (meta tokens are a prefix,
+    # so causal already shows them to everyone).
+    return sdpa.attention(q, k, v, mask, is_causal=square and window is None)
 
 
 def attention_probs(q, k, v, q_pos, k_pos, window, n_meta):

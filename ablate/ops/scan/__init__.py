@@ -17,6 +17,19 @@ if importlib.util.find_spec("triton") is not None:  # ops.backends decides wheth
     IMPLS["triton"] = _triton_scan.selective_scan
 
 
+def register_mamba_ssm() -> None:
+    """Add mamba-ssm's CUDA kernel as impl 'cuda' (backend 'cuda'; checked by ops.backends)."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    def cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
+             return_final_state=False):
+        if initial_state is not None:
+            raise ValueError("mamba-ssm's selective_scan_fn takes no initial state; use backend 'triton'")
+        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_final_state)
+
+    IMPLS["cuda"] = cuda
+
+
 def selective_scan(*args, impl: str = "loop", **kwargs):
     return IMPLS[impl](*args, **kwargs)
 

@@ -1,9 +1,11 @@
 """Mamba-1 selective scan in Triton, forward and backward.
 
 One program owns BLOCK_D channels of one sequence and walks the time axis in chunks of CHUNK
-steps. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t (a = exp(dt A), b = dt u B) is
-solved for all (channel, step, state) at once with ``tl.associative_scan`` over the step axis, and
-the chunk's last state is carried into the next chunk. The forward stores the state at every
+steps. Inside a chunk it loops over the N states (unrolled); for each, the recurrence
+h_t = a_t h_{t-1} + b_t (a = exp(dt A_n), b = dt u B_n) is solved for all (channel, step) at once
+with ``tl.associative_scan`` over the step axis, y accumulates C_n h in registers, and the chunk's
+last state is carried into the next chunk (as in mamba-ssm, the state index is a loop, so no
+reduction over N crosses threads). The forward stores the state at every
 chunk start (B, D, T/CHUNK, N); the backward walks the chunks in reverse, recomputes the chunk's
 states from that checkpoint, and solves the adjoint recurrence
 
@@ -49,128 +51,135 @@ def _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _chunk(u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, t0, T, D,
-           N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Tiles of one chunk: decays a and drives x (BLOCK_D, CHUNK, N), plus what the callers need."""
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_t = t0 + tl.arange(0, CHUNK)
-    offs_n = tl.arange(0, N)
-    md = offs_d < D
-    mt = offs_t < T
-    m2 = md[:, None] & mt[None, :]
-    row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
-    u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
-    dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
-    bc = (b * N + offs_n)[None, :] * T + offs_t[:, None]  # (CHUNK, N)
-    Bt = tl.load(B_ptr + bc, mask=mt[:, None], other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + bc, mask=mt[:, None], other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=md[:, None], other=0.0).to(tl.float32)
-    a = tl.exp(dt[:, :, None] * A[:, None, :])
-    x = (dt * u)[:, :, None] * Bt[None, :, :]
-    return offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x
+def _column(m, cols, n):
+    """m[:, n] of a (BLOCK_D, N) register tile."""
+    return tl.sum(tl.where(cols[None, :] == n, m, 0.0), axis=1)
 
 
 @triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                out_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
+                out_ptr, pre_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
                 N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
     b = tl.program_id(0)
-    d0 = tl.program_id(1) * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols = tl.arange(0, N)
     md = offs_d < D
-    state_off = (b * D + offs_d)[:, None] * N + offs_n[None, :]
+    state_off = (b * D + offs_d)[:, None] * N + cols[None, :]
     if h0_ptr is not None:
         h = tl.load(h0_ptr + state_off, mask=md[:, None], other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    last = (tl.arange(0, CHUNK) == CHUNK - 1)[None, :, None]
+    is_last = (tl.arange(0, CHUNK) == CHUNK - 1)[None, :]
     for c in range(n_chunks):
-        tl.store(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + offs_n[None, :], h, mask=md[:, None])
-        offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x = _chunk(
-            u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, c * CHUNK, T, D, N, BLOCK_D, CHUNK, SOFTPLUS)
-        a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
-        hs = x_cum + a_cum * h[:, None, :]
-        y = tl.sum(hs * Ct[None, :, :], axis=2)  # (BLOCK_D, CHUNK)
+        tl.store(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + cols[None, :], h, mask=md[:, None])
+        offs_t = c * CHUNK + tl.arange(0, CHUNK)
+        mt = offs_t < T
+        m2 = md[:, None] & mt[None, :]
+        row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
+        u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
+        dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+        dtu = dt * u
+        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        h_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        for n in tl.static_range(N):
+            A_n = tl.load(A_ptr + offs_d * N + n, mask=md, other=0.0)
+            B_n = tl.load(B_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
+            a_cum, x_cum = tl.associative_scan((tl.exp(dt * A_n[:, None]), dtu * B_n[None, :]), 1, _combine)
+            hs = x_cum + a_cum * _column(h, cols, n)[:, None]
+            y += hs * C_n[None, :]
+            h_next = tl.where(cols[None, :] == n, tl.sum(tl.where(is_last, hs, 0.0), axis=1)[:, None], h_next)
+        h = h_next
         if D_ptr is not None:
             y += u * tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
         if z_ptr is not None:
+            tl.store(pre_ptr + row, y, mask=m2)  # the backward's dz needs the pre-gate output
             z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
         tl.store(out_ptr + row, y.to(out_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=1)
     tl.store(hT_ptr + state_off, h, mask=md[:, None])
 
 
 @triton.jit
-def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
+def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
                 du_ptr, ddt_ptr, dz_ptr, dA_part_ptr, dB_part_ptr, dC_part_ptr, dD_part_ptr, dh0_ptr,
                 T, D, n_chunks, n_dblocks,
                 N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
-    d0 = pid_d * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols = tl.arange(0, N)
     md = offs_d < D
-    state_off = (b * D + offs_d)[:, None] * N + offs_n[None, :]
-    if dhT_ptr is not None:  # x_T: gradient of the final state
+    state_off = (b * D + offs_d)[:, None] * N + cols[None, :]
+    if dhT_ptr is not None:  # dL/dh after the last step
         carry = tl.load(dhT_ptr + state_off, mask=md[:, None], other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     a_first = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # decay of step 0, for the initial-state grad
-    first = (tl.arange(0, CHUNK) == 0)[None, :, None]
+    is_first = (tl.arange(0, CHUNK) == 0)[None, :]
+    Dv = 0.0
+    if D_ptr is not None:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
     for i in range(n_chunks):
         c = n_chunks - 1 - i
-        t0 = c * CHUNK
-        h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + offs_n[None, :],
+        h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + cols[None, :],
                        mask=md[:, None], other=0.0)
-        offs_d, offs_t, m2, row, u, dt, raw, Bt, Ct, A, a, x = _chunk(
-            u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, b, d0, t0, T, D, N, BLOCK_D, CHUNK, SOFTPLUS)
-        a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
-        hs = x_cum + a_cum * h_in[:, None, :]
-        dout = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
-        Dv = 0.0
-        if D_ptr is not None:
-            Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
-        dy = dout
+        offs_t = c * CHUNK + tl.arange(0, CHUNK)
+        mt = offs_t < T
+        m2 = md[:, None] & mt[None, :]
+        row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
+        u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
+        dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+        dt_next, _ = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t + 1, T, D, SOFTPLUS)
+        dtu = dt * u
+        dy = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
         if z_ptr is not None:
             z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
-            pre = tl.sum(hs * Ct[None, :, :], axis=2) + u * Dv
-            tl.store(dz_ptr + row, (dout * pre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
-                     mask=m2)
-            dy = dout * z * sig
+            pre = tl.load(pre_ptr + row, mask=m2, other=0.0)
+            tl.store(dz_ptr + row, (dy * pre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m2)
+            dy = dy * z * sig
         dD_acc += tl.sum(dy * u, axis=1)
-        # adjoint: x_t = C_t dy_t + a_{t+1} x_{t+1}, scanned from the chunk end (a_{t+1} loaded at t+1)
-        dt_next, _ = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t + 1, T, D, SOFTPLUS)
-        a_next = tl.exp(dt_next[:, :, None] * A[:, None, :])
-        g = dy[:, :, None] * Ct[None, :, :]
-        r_cum, g_cum = tl.associative_scan((a_next, g), 1, _combine, reverse=True)
-        xs = g_cum + r_cum * carry[:, None, :]  # dL/dh_t
-        carry = tl.sum(tl.where(first, xs, 0.0), axis=1)
-        a_first = tl.sum(tl.where(first, a, 0.0), axis=1)
-        dlog = xs * (hs - x)  # dL/d(dt_t A) = x_t a_t h_{t-1}
-        xb = tl.sum(xs * Bt[None, :, :], axis=2)  # (BLOCK_D, CHUNK)
-        ddt = tl.sum(dlog * A[:, None, :], axis=2) + xb * u
+        ddt = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        du = dy * Dv
+        carry_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        for n in tl.static_range(N):
+            A_n = tl.load(A_ptr + offs_d * N + n, mask=md, other=0.0)
+            B_n = tl.load(B_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
+            a = tl.exp(dt * A_n[:, None])
+            x = dtu * B_n[None, :]
+            a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
+            hs = x_cum + a_cum * _column(h_in, cols, n)[:, None]
+            # adjoint x_t = C_t dy_t + a_{t+1} x_{t+1}, scanned from the chunk end
+            r_cum, g_cum = tl.associative_scan((tl.exp(dt_next * A_n[:, None]), dy * C_n[None, :]), 1, _combine,
+                                               reverse=True)
+            xs = g_cum + r_cum * _column(carry, cols, n)[:, None]
+            carry_next = tl.where(cols[None, :] == n, tl.sum(tl.where(is_first, xs, 0.0), axis=1)[:, None],
+                                  carry_next)
+            a_first = tl.where(cols[None, :] == n, tl.sum(tl.where(is_first, a, 0.0), axis=1)[:, None], a_first)
+            dlog = xs * (hs - x)  # dL/d(dt_t A) = x_t a_t h_{t-1}
+            xB = xs * B_n[None, :]
+            ddt += dlog * A_n[:, None] + xB * u
+            du += xB * dt
+            dA_acc = tl.where(cols[None, :] == n, dA_acc + tl.sum(dlog * dt, axis=1)[:, None], dA_acc)
+            part = ((b * n_dblocks + pid_d) * N + n) * T + offs_t
+            tl.store(dB_part_ptr + part, tl.sum(xs * dtu, axis=0), mask=mt)
+            tl.store(dC_part_ptr + part, tl.sum(hs * dy, axis=0), mask=mt)
+        carry = carry_next
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         tl.store(ddt_ptr + row, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        tl.store(du_ptr + row, (xb * dt + dy * Dv).to(du_ptr.dtype.element_ty), mask=m2)
-        dA_acc += tl.sum(dlog * dt[:, :, None], axis=1)
-        part = ((b * n_dblocks + pid_d) * N + offs_n)[None, :] * T + offs_t[:, None]  # (CHUNK, N)
-        mt = (offs_t < T)[:, None]
-        tl.store(dB_part_ptr + part, tl.sum(xs * (dt * u)[:, :, None], axis=0), mask=mt)
-        tl.store(dC_part_ptr + part, tl.sum(hs * dy[:, :, None], axis=0), mask=mt)
+        tl.store(du_ptr + row, du.to(du_ptr.dtype.element_ty), mask=m2)
     tl.store(dh0_ptr + state_off, a_first * carry, mask=md[:, None])
     tl.store(dA_part_ptr + state_off, dA_acc, mask=md[:, None])
     tl.store(dD_part_ptr + b * D + offs_d, dD_acc, mask=md)
 
 
 # Tile shape: channels per program, steps per chunk, warps (fwd, bwd); see benchmarks/NOTES.md.
-CONFIG = {"BLOCK_D": 8, "CHUNK": 32, "fwd_warps": 4, "bwd_warps": 4}
+CONFIG = {"BLOCK_D": 16, "CHUNK": 128, "fwd_warps": 4, "bwd_BLOCK_D": 16, "bwd_warps": 8}
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -183,20 +192,22 @@ class _SelectiveScan(torch.autograd.Function):
         N = A.shape[1]
         n_chunks = triton.cdiv(T, CHUNK)
         out = torch.empty_like(u)
+        pre = torch.empty(u.shape, device=u.device, dtype=torch.float32) if z is not None else None
         hT = u.new_empty(batch, dim, N, dtype=torch.float32)
         ckpt = u.new_empty(batch, dim, n_chunks, N, dtype=torch.float32)
         grid = (batch, triton.cdiv(dim, BLOCK_D))
         A32 = A.float().contiguous()
-        _fwd_kernel[grid](u, delta, A32, B, C, D, z, delta_bias, h0, out, hT, ckpt, T, dim, n_chunks,
+        _fwd_kernel[grid](u, delta, A32, B, C, D, z, delta_bias, h0, out, pre, hT, ckpt, T, dim, n_chunks,
                           N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=softplus, num_warps=CONFIG["fwd_warps"])
-        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, ckpt, h0)
-        ctx.softplus = softplus
+        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, pre, ckpt, h0)
+        ctx.softplus, ctx.chunk = softplus, CHUNK
         return out, hT
 
     @staticmethod
     def backward(ctx, dout, dhT):
-        u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
-        BLOCK_D, CHUNK = CONFIG["BLOCK_D"], CONFIG["CHUNK"]
+        u, delta, A, B, C, D, z, delta_bias, pre, ckpt, h0 = ctx.saved_tensors
+        # the chunk must match the forward's checkpoints; the channel block may differ
+        BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], ctx.chunk
         batch, dim, T = u.shape
         N = A.shape[1]
         n_chunks = ckpt.shape[2]
@@ -209,7 +220,7 @@ class _SelectiveScan(torch.autograd.Function):
         dD_part = u.new_empty(batch, dim, dtype=torch.float32)
         dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
         _bwd_kernel[(batch, n_dblocks)](
-            u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, pre, ckpt, dout.contiguous(),
             dhT.contiguous() if dhT is not None else None,
             du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dh0, T, dim, n_chunks, n_dblocks,
             N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=ctx.softplus, num_warps=CONFIG["bwd_warps"])

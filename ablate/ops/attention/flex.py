@@ -1,0 +1,42 @@
+"""Window + always-visible meta-prefix attention with FlexAttention (compiled; block masks cached
+per shape). Used for full-sequence forwards (training, prefill) of window layers on the GPU;
+decoding over a trimmed cache goes through SDPA with an explicit mask.
+
+FlexAttention wants equal q/k and v head dims, so a wider V (Hymba: 2x) is processed in slices of
+the q/k head dim and concatenated, as the released Hymba code does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+
+@functools.cache
+def _compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def block_mask(T: int, window: int | None, n_meta: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def visible(b, h, q, k):
+        local = (q - k < window) | (k < n_meta) if window is not None else q >= k
+        return (k <= q) & local
+
+    return create_block_mask(visible, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
+    """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
+    mask = block_mask(q.shape[2], window, n_meta, str(q.device))
+    flex = _compiled()
+    gqa = q.shape[1] != k.shape[1]
+    D = q.shape[-1]
+    parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
