@@ -57,3 +57,39 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
             assert a.abs().max() < 1e-5, (name, a.abs().max())
         else:
             assert rel_err(a, b) < tol * 5, (name, rel_err(a, b))
+
+
+@pytest.mark.parametrize("window,n_meta,Dv", [(16, 0, 32), (16, 8, 64), (None, 8, 32)])
+def test_flex_attention_matches_eager(window, n_meta, Dv):
+    from ablate.ops import attention as attn
+
+    T = 131
+    q = torch.randn(2, 4, T, 32, device="cuda", requires_grad=True)
+    k = torch.randn(2, 2, T, 32, device="cuda", requires_grad=True)
+    v = torch.randn(2, 2, T, Dv, device="cuda", requires_grad=True)
+    pos = torch.arange(T, device="cuda")
+    out = attn.attention(q, k, v, pos, pos, window, n_meta, impl="flex")
+    ref = attn.attention(q.double(), k.double(), v.double(), pos, pos, window, n_meta, impl="eager")
+    assert rel_err(out, ref) < 1e-3
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), [q, k, v])
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = attn.attention(q64, k64, v64, pos, pos, window, n_meta, impl="eager")
+    refs = torch.autograd.grad((ref * g.double()).sum(), [q64, k64, v64])
+    for a, b in zip(grads, refs, strict=True):
+        assert rel_err(a, b) < 1e-3
+
+
+def test_model_trains_on_gpu_with_fast_backends():
+    from ablate.config import load_variant
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from tests.conftest import tiny
+
+    cfg = tiny(load_variant("hymba").model)
+    backends = resolve("auto", "cuda")
+    assert backends.scan == "triton" and backends.attention == "flex"
+    fast, slow = LM(cfg, backends).cuda(), LM(cfg).cuda()
+    slow.load_state_dict(fast.state_dict())
+    tokens = torch.randint(0, cfg.size.vocab_size, (2, 40), device="cuda")
+    assert rel_err(fast(tokens).logits, slow(tokens).logits) < 1e-3
