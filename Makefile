@@ -19,6 +19,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+sweep: $(STAMP)
+	$(PY) -m ablate.cli sweep $(SWEEP) --workers 2
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ablate tests analysis
 

@@ -11,7 +11,9 @@ Conventions (all documented in the README):
   which gives Hymba-1.5B's [0, 15, 31].
 - ``kv_share = g``: each maximal run of consecutive window layers is cut into groups of g; a
   remainder joins the first group of the run (Hymba-1.5B's [16, 17, 18]). The first layer of a
-  group produces K/V, the others consume it and have no K/V projection. Global layers never share.
+  group produces K/V, the others consume it and have no K/V projection. kv_share never groups a
+  global layer (as in Hymba); explicit kv_groups may let a global producer serve window consumers,
+  each of which applies its own window to the producer's K/V.
 """
 
 from __future__ import annotations
@@ -134,8 +136,14 @@ def _check_group(group: tuple[int, ...], specs: list[LayerSpec], taken: set[int]
         taken.add(i)
     if list(group) != list(range(group[0], group[0] + len(group))):
         raise PlanError(f"kv group {list(group)}: layers must be consecutive")
-    if len({specs[i].window for i in group}) > 1:
-        raise PlanError(f"kv group {list(group)}: layers must share one window (global or W)")
+    producer = specs[group[0]].window
+    for i in group[1:]:  # a consumer masks the producer's K/V with its own window
+        w = specs[i].window
+        if producer is not None and (w is None or w > producer):
+            raise PlanError(
+                f"kv group {list(group)}: layer {i} (window {w}) needs keys its producer layer "
+                f"{group[0]} (window {producer}) does not keep; a producer must be global or have "
+                "the widest window")
     if specs[group[0]].mixer != specs[group[-1]].mixer or len({specs[i].mixer for i in group}) > 1:
         raise PlanError(f"kv group {list(group)}: layers must use the same mixer")
 

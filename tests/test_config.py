@@ -44,9 +44,9 @@ def test_every_shipped_variant_loads():
         ),
         ("layout: {pattern: [hybrid], global_layers: [first]}", ["window is null"]),
         (
-            "size: {n_layers: 4}\nlayout: {pattern: [attention], window: 8, global_layers: [0], "
+            "size: {n_layers: 4}\nlayout: {pattern: [attention], window: 8, global_layers: [1], "
             "kv_groups: [[0, 1]]}",
-            ["kv group [0, 1]", "window"],
+            ["kv group [0, 1]", "layer 1 (window None)", "producer"],
         ),
         (
             "size: {n_layers: 4}\nlayout: {pattern: [attention], window: 8, global_layers: none, "

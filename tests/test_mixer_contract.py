@@ -184,3 +184,22 @@ def test_meta_tokens_are_prepended_and_stripped():
         model.meta.add_(1.0)
     assert not torch.allclose(model(tokens).logits, LM(cfg).eval()(tokens).logits)
     assert dataclasses.replace(cfg, n_meta=0) != cfg
+
+
+def test_global_producer_serves_a_window_consumer():
+    from ablate.config import ModelConfig
+
+    cfg = tiny(ModelConfig())
+    for key, value in {"size.n_layers": 2, "layout.pattern": ["hybrid"], "layout.window": 4,
+                       "layout.global_layers": ["first"], "layout.kv_groups": [[0, 1]], "n_meta": 2}.items():
+        cfg = override(cfg, key, value)
+    model = LM(cfg).double().eval()
+    assert [s.kv_role for s in model.plan] == ["producer", "consumer"] and model.plan[1].window == 4
+    tokens = torch.randint(0, cfg.size.vocab_size, (2, 12))
+    full = model(tokens, return_maps=True)
+    probs = full.maps[1]["attention"]  # the consumer: window 4 + meta over the producer's keys
+    i, j = torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij")
+    assert probs[..., (i - j >= 4) & (j >= 2)].abs().max() == 0
+    cache = model.new_cache()
+    steps = [model(tokens[:, :5], cache).logits] + [model(tokens[:, t : t + 1], cache).logits for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), full.logits, rtol=1e-5, atol=1e-5)

@@ -105,3 +105,13 @@ def test_a_dead_worker_point_is_requeued_and_resumed(tmp_path):
 
 def test_storage_password_is_redacted():
     assert redact("postgresql://ablate:s3cret@db:5432/studies") == "postgresql://ablate:***@db:5432/studies"
+
+
+def test_every_shipped_sweep_loads():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("sweeps/*.yaml"))
+    assert {f.stem for f in files} >= {"default", "roadmap"}
+    for f in files:
+        sweep = load_sweep(f)
+        assert sweep.runs and sweep.cfg.name == f.stem
