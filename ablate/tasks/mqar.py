@@ -49,7 +49,7 @@ class MQARConfig:
     train: tuple[Segment, ...] = knob(
         (Segment(seq_len=64, n_pairs=4, n_examples=20000),
          Segment(seq_len=128, n_pairs=8, n_examples=20000)),
-        "training mixture; each batch comes from one segment, chosen in proportion to size",
+        "training mixture; each batch holds one sequence length, chosen in proportion to size",
     )
     test: tuple[Segment, ...] = knob(
         (Segment(seq_len=64, n_pairs=4), Segment(seq_len=128, n_pairs=8),
@@ -116,7 +116,8 @@ def split_seed(cfg: MQARConfig, split: str, index: int) -> int:
 
 
 class MQARData(L.LightningDataModule):
-    """Train: batches from one segment each, in an order fixed by the run seed and the step.
+    """Train: batches from one sequence length each (segments of that length mixed), in an order
+    fixed by the run seed and the step.
     Validation: one dataloader per test segment (named in ``val_names``)."""
 
     def __init__(self, cfg: MQARConfig, batch_size: int, steps_per_epoch: int, seed: int):
@@ -127,8 +128,14 @@ class MQARData(L.LightningDataModule):
         self.val_names = [seg.name for seg in cfg.test]
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_sets = [TensorDataset(*cached_segment(s, self.cfg, split_seed(self.cfg, "train", i)))
-                           for i, s in enumerate(self.cfg.train)]
+        # Segments of one length are pooled, so a batch mixes their pair counts; batches of
+        # different lengths stay separate (no padding).
+        by_length: dict[int, list] = {}
+        for i, seg in enumerate(self.cfg.train):
+            data = cached_segment(seg, self.cfg, split_seed(self.cfg, "train", i))
+            by_length.setdefault(seg.seq_len, []).append(data)
+        self.train_sets = [TensorDataset(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
+                           for parts in by_length.values()]
         self.test_sets = [TensorDataset(*cached_segment(s, self.cfg, split_seed(self.cfg, "test", i)))
                           for i, s in enumerate(self.cfg.test)]
 
