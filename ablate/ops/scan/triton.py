@@ -179,7 +179,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_
 
 
 # Tile shape: channels per program, steps per chunk, warps (fwd, bwd); see benchmarks/NOTES.md.
-CONFIG = {"BLOCK_D": 16, "CHUNK": 128, "fwd_warps": 4, "bwd_BLOCK_D": 16, "bwd_warps": 8}
+CONFIG = {"BLOCK_D": 32, "CHUNK": 64, "fwd_warps": 4, "bwd_BLOCK_D": 2, "bwd_warps": 1}
 
 
 class _SelectiveScan(torch.autograd.Function):
