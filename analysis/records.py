@@ -24,6 +24,10 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             "tokens_per_s": rec.get("tokens_per_s"), "precision": rec.get("precision"),
             "device": rec.get("device"), "dir": str(path.parent),
         }
-        row.update({k: v for k, v in rec.get("metrics", {}).items()})
+        metrics = rec.get("metrics", {})
+        # per-part metrics in the task's own order (e.g. the MQAR test grid), then the rest
+        ordered = [f"val/{part}/{m}" for part in rec.get("val_parts", []) for m in ("acc", "loss")]
+        row.update({k: metrics[k] for k in ordered if k in metrics})
+        row.update(metrics)
         rows.append(row)
     return pd.DataFrame(rows)

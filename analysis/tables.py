@@ -28,7 +28,8 @@ METRIC_ORDER = ("val/acc", "val/loss", "val/ppl")
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    per_part = sorted(c for c in df if c.startswith("val/") and c.count("/") == 2 and c.endswith("/acc"))
+    # per-part accuracies in the order the runs logged them (the test grid's order)
+    per_part = [c for c in df if c.startswith("val/") and c.count("/") == 2 and c.endswith("/acc")]
     return [c for c in METRIC_ORDER if c in df] + per_part + ["tokens_per_s"]
 
 

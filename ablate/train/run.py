@@ -147,7 +147,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         "plan": [spec.describe().strip() for spec in expand(model_cfg)],
         "params": count_params(model_cfg).as_dict(),
         "cache_bytes": {dtype: cache_bytes(model_cfg, seq_len, dtype) for dtype in ("fp16", "fp32")},
-        "cache_seq_len": seq_len, "max_steps": max_steps, "precision": precision,
+        "cache_seq_len": seq_len, "max_steps": max_steps, "precision": precision, "val_parts": data.val_names,
         "backends": backends.as_dict(),
         "versions": {"ablate": ablate.__version__, "torch": torch.__version__, "lightning": L.__version__,
                      "python": platform.python_version()},
