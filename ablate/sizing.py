@@ -126,11 +126,11 @@ def match(cfg: ModelConfig, target: int, knob: str = "mlp.hidden", tolerance: fl
             lo = mid
         else:
             hi = mid
-    best = None
-    for v in range(max(1, lo - 64), lo + 65):
-        n = _count_at(cfg, knob, v)
-        if n is not None and (best is None or abs(n - target) < abs(best[1] - target)):
-            best = (v, n)
+    # the count crosses the target between lo and the next valid value above it
+    below = next(((v, c) for v in range(lo, max(0, lo - 64), -1) if (c := _count_at(cfg, knob, v))), None)
+    above = next(((v, c) for v in range(lo + 1, lo + 65) if (c := _count_at(cfg, knob, v))), None)
+    candidates = [x for x in (below, above) if x is not None]
+    best = min(candidates, key=lambda vc: abs(vc[1] - target)) if candidates else None
     if best is None:
         raise ConfigError(f"match: no valid value of '{knob}' near {lo}")
     result = Match(override(cfg, knob, best[0]), knob, best[0], best[1], target)
