@@ -26,9 +26,14 @@ from ablate.layers import RMSNorm, no_reinit, no_weight_decay
 from ablate.mixers.base import Context, Mixer, MixerOutput
 from ablate.ops import scan as scan_ops
 from ablate.ops.backends import Backends
-from ablate.ops.conv1d import causal_conv1d
+from ablate.ops.conv1d import causal_conv1d, conv_step
 from ablate.plan import LayerSpec
 from ablate.registry import MIXERS, register
+
+
+def stepping(cache, T: int) -> bool:
+    """Decoding a single token with states already in the cache (the single-step update path)."""
+    return cache is not None and cache.ssm is not None and T == 1
 
 
 def inverse_softplus_dt(n: int, dt_min: float, dt_max: float) -> Tensor:
@@ -73,6 +78,8 @@ class MambaSSM(nn.Module):
         w = self.conv.weight.squeeze(1)
         if cache is None:
             x = causal_conv1d(x, w, self.conv.bias)
+        elif stepping(cache, x.shape[-1]):  # decoding one token: shift the conv state in place
+            x = conv_step(cache.conv, x[..., 0], w, self.conv.bias)[..., None]
         else:
             x, cache.conv = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv,
                                           return_final_state=True)
@@ -97,8 +104,13 @@ class MambaSSM(nn.Module):
         return torch.einsum("bni,bdijn,bnj,bdj->bdij", C.float(), decay, B.float(), dt)
 
     def forward(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x, z, dt, B, C = self.prepare(u, ctx)
         cache = ctx.cache
+        step = stepping(cache, u.shape[1])
+        x, z, dt, B, C = self.prepare(u, ctx)
+        if step:  # one token: update the state in place instead of running a scan
+            y = scan_ops.selective_state_update(cache.ssm, x[..., 0], dt[..., 0], self.A, B[..., 0], C[..., 0],
+                                                self.D, z[..., 0], self.dt_proj.bias)
+            return y[:, None], None
         y = scan_ops.selective_scan(
             x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, True,
             initial_state=None if cache is None else cache.ssm,

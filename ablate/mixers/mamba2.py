@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from ablate.config import Mamba2Config, ModelConfig
 from ablate.layers import RMSNorm, no_reinit, no_weight_decay
 from ablate.mixers.base import Context
-from ablate.mixers.mamba import SSMMixer, inverse_softplus_dt
+from ablate.mixers.mamba import SSMMixer, inverse_softplus_dt, stepping
 from ablate.ops import ssd as ssd_ops
 from ablate.ops.backends import Backends
-from ablate.ops.conv1d import causal_conv1d
+from ablate.ops.conv1d import causal_conv1d, conv_step
 from ablate.ops.ssd.reference import expand_groups
 from ablate.plan import LayerSpec
 from ablate.registry import MIXERS, register
@@ -67,6 +67,8 @@ class Mamba2SSM(nn.Module):
         xBC = xBC.transpose(1, 2)
         if cache is None:
             xBC = causal_conv1d(xBC, w, self.conv.bias)
+        elif stepping(cache, xBC.shape[-1]):  # decoding one token: shift the conv state in place
+            xBC = conv_step(cache.conv, xBC[..., 0], w, self.conv.bias)[..., None]
         else:
             xBC, cache.conv = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv,
                                             return_final_state=True)
@@ -87,8 +89,12 @@ class Mamba2SSM(nn.Module):
         return scores.permute(0, 3, 1, 2)
 
     def forward(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        x, z, dt, B, C = self.prepare(u, ctx)
         cache = ctx.cache
+        step = stepping(cache, u.shape[1])
+        x, z, dt, B, C = self.prepare(u, ctx)
+        if step:  # one token: update the state in place instead of running the chunked SSD
+            y = ssd_ops.ssd_state_update(cache.ssm, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D)[:, None]
+            return self.norm(y.flatten(2) * F.silu(z)), None
         y = ssd_ops.ssd(x, dt, self.A, B, C, self.D,
                         initial_state=None if cache is None else cache.ssm,
                         return_final_state=cache is not None, impl=self.impl)
