@@ -115,3 +115,28 @@ def test_every_shipped_sweep_loads():
     for f in files:
         sweep = load_sweep(f)
         assert sweep.runs and sweep.cfg.name == f.stem
+
+
+def _claim_all(path, url, out):
+    sweep = load_sweep(path)
+    storage = open_storage(url)
+    study = open_study(sweep, storage)
+    with open(out, "w") as f:
+        while (claimed := claim(study, storage)) is not None:
+            f.write(claimed[2] + "\n")
+
+
+def test_concurrent_claims_never_hand_out_a_point_twice(tmp_path):
+    path = write_sweep(tmp_path, seeds=list(range(20)))  # 2 variants x 20 seeds = 40 points
+    sweep = load_sweep(path)
+    open_study(sweep, open_storage(sweep.storage))
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"claimed{i}.txt" for i in range(4)]
+    procs = [ctx.Process(target=_claim_all, args=(str(path), sweep.storage, str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    claimed = [line for o in outs for line in o.read_text().split()]
+    assert sorted(claimed) == sorted(sweep.runs)  # every point once, none twice

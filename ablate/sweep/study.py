@@ -3,8 +3,9 @@
 - Every grid point is enqueued once as a WAITING trial carrying its point id (user attr).
   The process that creates the study enqueues; processes that join wait until it is done.
 - A worker claims a point by moving one WAITING trial to RUNNING with the storage's
-  ``set_trial_state_values``, which succeeds for exactly one caller (a transaction on the trial
-  row), so concurrent workers on any number of machines run each point once.
+  ``set_trial_state_values``, which succeeds for exactly one caller (PostgreSQL/MySQL lock the
+  trial row; on SQLite a file lock serialises claims, see ``claim_lock``), so concurrent workers
+  run each point once.
 - While a point runs, a thread records Optuna heartbeats. A worker that dies stops beating; the
   next start (``fail_stale_trials``) fails its trial and ``RetryHeartbeatStaleTrialCallback``
   re-enqueues the point, whose run then resumes from its checkpoint.
@@ -14,6 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -72,8 +75,31 @@ def _enqueue_missing(study: optuna.Study, sweep: Sweep) -> None:
     study.set_user_attr("points", sorted(set(study.user_attrs.get("points", [])) | set(sweep.runs)))
 
 
+@contextlib.contextmanager
+def claim_lock(storage: RDBStorage):
+    """Serialise claims on SQLite. Server databases lock the trial row (SELECT ... FOR UPDATE) so
+    only one claim of a WAITING trial succeeds; SQLite has no row locks, and two processes can
+    both read WAITING before either writes. A SQLite file is local to one machine, so an
+    exclusive file lock next to it makes the claim atomic there."""
+    url = storage.url
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(url[len("sqlite:///"):] + ".claim.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | None:
     """Move one WAITING trial to RUNNING; -> (trial id, number, point id) or None when none left."""
+    with claim_lock(storage):
+        return _claim(study, storage)
+
+
+def _claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | None:
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
