@@ -1,9 +1,8 @@
-"""Name -> class registries. Configs hold names (strings) so they stay serialisable."""
+"""Name -> class registry of mixers. Configs hold names (strings) so they stay serialisable."""
 
 from __future__ import annotations
 
 MIXERS: dict[str, type] = {}
-TASKS: dict[str, type] = {}
 
 
 def register(table: dict[str, type], name: str):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -156,11 +154,18 @@ def test_kv_consumers_have_no_kv_projection_and_reuse_producer_kv():
         if block.spec.kv_role == "consumer":
             assert heads.k_dim == heads.v_dim == 0
             assert block.mixer.in_proj.out_features == heads.q_dim + block.mixer.ssm.in_dim
-    # The consumer's output depends on the producer's K/V: changing the producer's K/V weights
-    # changes the consumer layer's attention even with the consumer's own weights fixed.
+    # The consumer attends over the producer's keys: changing only the producer's K projection
+    # changes the consumer layer's attention map.
     consumer = next(b for b in model.blocks if b.spec.kv_role == "consumer")
     producer = model.blocks[consumer.spec.index - 1]
     assert producer.spec.kv_role == "producer" and producer.spec.kv_group == consumer.spec.kv_group
+    tokens = torch.randint(0, cfg.size.vocab_size, (1, 10))
+    with torch.no_grad():
+        before = model(tokens, return_maps=True).maps[consumer.spec.index]["attention"]
+        heads = producer.mixer.attn
+        producer.mixer.in_proj.weight[heads.q_dim : heads.q_dim + heads.k_dim].mul_(3.0)
+        after = model(tokens, return_maps=True).maps[consumer.spec.index]["attention"]
+    assert not torch.allclose(before, after)
 
 
 def test_generate_matches_greedy_full_forward():
@@ -183,7 +188,6 @@ def test_meta_tokens_are_prepended_and_stripped():
     with torch.no_grad():
         model.meta.add_(1.0)
     assert not torch.allclose(model(tokens).logits, LM(cfg).eval()(tokens).logits)
-    assert dataclasses.replace(cfg, n_meta=0) != cfg
 
 
 def test_global_producer_serves_a_window_consumer():

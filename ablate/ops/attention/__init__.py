@@ -8,8 +8,6 @@ from torch import Tensor
 from ablate.ops.attention import reference, sdpa
 from ablate.ops.attention.masks import visible
 
-IMPLS = ("eager", "sdpa", "flex")
-
 
 def attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
               window: int | None, n_meta: int, impl: str = "sdpa"):

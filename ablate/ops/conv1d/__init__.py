@@ -2,6 +2,4 @@
 
 from ablate.ops.conv1d.reference import causal_conv1d, causal_conv1d_loop, conv_step
 
-IMPLS = {"torch": causal_conv1d}
-
-__all__ = ["IMPLS", "causal_conv1d", "causal_conv1d_loop", "conv_step"]
+__all__ = ["causal_conv1d", "causal_conv1d_loop", "conv_step"]
