@@ -18,12 +18,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
         from ablate.ops.attention import flex
 
         return flex.attention(q, k, v, window, n_meta)
+    if impl != "eager" and square and window is None:
+        # global causal takes SDPA's causal kernel, no mask built (meta tokens are a prefix, so
+        # causal already shows them to everyone)
+        return sdpa.attention(q, k, v, None, is_causal=True)
     mask = visible(q_pos, k_pos, window, n_meta)
     if impl == "eager":
         return reference.attention(q, k, v, mask)
-    # Global causal over a fresh sequence takes SDPA's causal fast path (meta tokens are a prefix,
-    # so causal already shows them to everyone).
-    return sdpa.attention(q, k, v, mask, is_causal=square and window is None)
+    return sdpa.attention(q, k, v, mask)
 
 
 def attention_probs(q, k, v, q_pos, k_pos, window, n_meta):
