@@ -1,55 +1,88 @@
 """MQAR calibration for the CPU-sized default sweep: how many steps a model needs to learn recall.
 
-A bare training loop (same LM, optimizer and schedule code as the recipe, single thread) that
-prints test accuracy every 100 steps. Environment: MIX=1 trains on (64,4)+(64,2) instead of (64,4)
-only; TKV = pairs in the test segment (default 4); STEPS; B = batch; SCALE=1 shrinks output
-projections by 1/sqrt(2 L) (tried, did not help).
+A bare training loop (single thread; the package's LM and optimizer/schedule code) that prints the
+training loss and test accuracy every 100 steps, so one can see when (if) the induction circuit
+forms. Results and conclusions: benchmarks/MQAR_CALIBRATION.md.
 
-    python benchmarks/mqar_calibrate.py VARIANT LR WD D_MODEL N_LAYERS VOCAB [key=value ...]
-
-Results and conclusions: benchmarks/MQAR_CALIBRATION.md.
+    python benchmarks/mqar_calibrate.py llama --layers 2 --d-model 64 --batch 64 --mix
+    python benchmarks/mqar_calibrate.py llama --layers 6 --set mlp.kind=none
 """
-import os
-import sys
+
+from __future__ import annotations
+
+import argparse
+import math
 import time
 
 import torch
 import torch.nn.functional as F
-from ablate.config import load_variant, override
+
+from ablate.config import load_variant, override, parse_assignment
 from ablate.model import LM
-from ablate.tasks.mqar import generate, Segment
+from ablate.tasks.mqar import Segment, generate
 from ablate.train.recipe import RecipeConfig, build_optimizer
-torch.set_num_threads(1); torch.manual_seed(0)
-variant, lr, wd, d, L_, V = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-cfg = load_variant(variant).model
-for k,v in [("size.d_model",d),("size.n_layers",L_),("size.vocab_size",V),("attention.n_heads",2),("attention.n_kv_heads",2),("mamba.d_state",4)]:
-    cfg = override(cfg,k,v)
-extra = sys.argv[7:]
-for e in extra:
-    k,v=e.split("="); import yaml; cfg=override(cfg,k,yaml.safe_load(v))
-m = LM(cfg)
-if os.environ.get("SCALE"):
-    import math
-    with torch.no_grad():
-        for n,p in m.named_parameters():
-            if n.endswith("out_proj.weight") or n.endswith("down.weight"):
-                p.mul_(1/math.sqrt(2*L_))
-import os
-if os.environ.get("MIX"):
-    X1,Y1 = generate(Segment(seq_len=64,n_pairs=4,n_examples=10000),V,0.01,1)
-    X2,Y2 = generate(Segment(seq_len=64,n_pairs=2,n_examples=10000),V,0.01,3)
-    X=torch.cat([X1,X2]); Y=torch.cat([Y1,Y2])
-else:
-    X,Y = generate(Segment(seq_len=64,n_pairs=4,n_examples=20000),V,0.01,1)
-Xt,Yt = generate(Segment(seq_len=64,n_pairs=int(os.environ.get("TKV","4")),n_examples=500),V,0.01,2**31)
-steps=int(os.environ.get('STEPS','1500'))
-opt,sched = build_optimizer(m, RecipeConfig(lr=lr, weight_decay=wd, warmup_steps=50), steps)
-t=time.time()
-for s in range(steps):
-    i = torch.randint(0,len(X),(int(os.environ.get('B','64')),))
-    loss = F.cross_entropy(m(X[i]).logits.flatten(0,1), Y[i].flatten(), ignore_index=-100)
-    opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(),1.0); opt.step(); sched.step()
-    if (s+1)%100==0:
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variant")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--mix", action="store_true", help="train on (64,4)+(64,2) instead of (64,4) only")
+    p.add_argument("--test-pairs", type=int, default=4)
+    p.add_argument("--scale-out", action="store_true", help="output projections x 1/sqrt(2 layers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override")
+    return p.parse_args()
+
+
+def build(args) -> LM:
+    cfg = load_variant(args.variant).model
+    sets = {"size.d_model": args.d_model, "size.n_layers": args.layers, "size.vocab_size": args.vocab,
+            "attention.n_heads": 2, "attention.n_kv_heads": 2, "mamba.d_state": 4}
+    sets.update(parse_assignment(text) for text in args.set)
+    for key, value in sets.items():
+        cfg = override(cfg, key, value)
+    model = LM(cfg)
+    if args.scale_out:
         with torch.no_grad():
-            lg=m(Xt).logits; mask=Yt!=-100; acc=((lg.argmax(-1)==Yt)&mask).sum()/mask.sum()
-        print(variant, lr, wd, d, s+1, round(loss.item(),3), round(acc.item(),3), round(time.time()-t), flush=True)
+            for name, p in model.named_parameters():
+                if name.endswith(("out_proj.weight", "down.weight")):
+                    p.mul_(1 / math.sqrt(2 * args.layers))
+    return model
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build(args)
+    segments = [(4, 10000), (2, 10000)] if args.mix else [(4, 20000)]
+    parts = [generate(Segment(seq_len=64, n_pairs=k, n_examples=n), args.vocab, 0.01, seed)
+             for seed, (k, n) in enumerate(segments, start=1)]
+    X, Y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+    Xt, Yt = generate(Segment(seq_len=64, n_pairs=args.test_pairs, n_examples=500), args.vocab, 0.01, 2**31)
+    opt, sched = build_optimizer(model, RecipeConfig(lr=args.lr, weight_decay=args.wd, warmup_steps=50), args.steps)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(0, len(X), (args.batch,))
+        loss = F.cross_entropy(model(X[idx]).logits.flatten(0, 1), Y[idx].flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            with torch.no_grad():
+                mask = Yt != -100
+                acc = ((model(Xt).logits.argmax(-1) == Yt) & mask).sum() / mask.sum()
+            print(f"step {step}: loss {loss.item():.3f}, test acc {acc.item():.3f}, {time.time() - start:.0f} s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
