@@ -8,8 +8,6 @@ from pathlib import Path
 
 from ablate.config import ConfigError, ModelConfig, load_variant, override, parse_assignment
 
-RUN_SECTIONS = ("recipe", "mqar", "text", "task", "wandb")
-
 
 def run_config(variant: str, task: str, sets: list[str], where: str = "--set"):
     """RunConfig for VARIANT on TASK with --set overrides: model keys (size.d_model=64) or

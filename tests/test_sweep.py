@@ -88,7 +88,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_completes(tmp_path, capsys):
     assert (sweep.results / "table.md").exists() and (sweep.results / "recall_vs_cache.png").exists()
 
 
-def test_a_dead_worker_point_is_requeued_and_resumed(tmp_path):
+def test_a_dead_worker_point_is_requeued_and_run(tmp_path):
     path = write_sweep(tmp_path, variants=["llama"], seeds=[0])
     sweep = load_sweep(path)
     storage = open_storage(sweep.storage, heartbeat_s=1, grace_s=1)

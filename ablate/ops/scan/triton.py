@@ -51,6 +51,18 @@ def _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _steps(u_ptr, dt_ptr, bias_ptr, b, offs_d, t0, T, D, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One chunk's step offsets, masks, row offsets, u and dt tiles (BLOCK_D, CHUNK)."""
+    offs_t = t0 + tl.arange(0, CHUNK)
+    mt = offs_t < T
+    m2 = (offs_d < D)[:, None] & mt[None, :]
+    row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
+    u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
+    dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+    return offs_t, mt, m2, row, u, dt, raw
+
+
+@triton.jit
 def _column(m, cols, n):
     """m[:, n] of a (BLOCK_D, N) register tile."""
     return tl.sum(tl.where(cols[None, :] == n, m, 0.0), axis=1)
@@ -72,12 +84,8 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
     is_last = (tl.arange(0, CHUNK) == CHUNK - 1)[None, :]
     for c in range(n_chunks):
         tl.store(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + cols[None, :], h, mask=md[:, None])
-        offs_t = c * CHUNK + tl.arange(0, CHUNK)
-        mt = offs_t < T
-        m2 = md[:, None] & mt[None, :]
-        row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
-        u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
-        dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+        offs_t, mt, m2, row, u, dt, raw = _steps(u_ptr, dt_ptr, bias_ptr, b, offs_d, c * CHUNK, T, D,
+                                                 CHUNK, SOFTPLUS)
         dtu = dt * u
         y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         h_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)
@@ -126,12 +134,8 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_
         c = n_chunks - 1 - i
         h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + cols[None, :],
                        mask=md[:, None], other=0.0)
-        offs_t = c * CHUNK + tl.arange(0, CHUNK)
-        mt = offs_t < T
-        m2 = md[:, None] & mt[None, :]
-        row = (b * D + offs_d)[:, None] * T + offs_t[None, :]
-        u = tl.load(u_ptr + row, mask=m2, other=0.0).to(tl.float32)
-        dt, raw = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t, T, D, SOFTPLUS)
+        offs_t, mt, m2, row, u, dt, raw = _steps(u_ptr, dt_ptr, bias_ptr, b, offs_d, c * CHUNK, T, D,
+                                                 CHUNK, SOFTPLUS)
         dt_next, _ = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t + 1, T, D, SOFTPLUS)
         dtu = dt * u
         dy = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
