@@ -1,36 +1,78 @@
-"""Time the Triton selective scan over tile shapes (GPU).
+"""Time the Triton selective scan over tile shapes (GPU), forward and backward separately.
 
-Usage: python benchmarks/tune_scan.py [BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_WARPS ...]
-(each shape compiles for ~20 s)
+Usage: python benchmarks/tune_scan.py [--L 2048] SHAPE ...
+  SHAPE is BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_WARPS (the backward walks the forward's chunks).
+Each shape compiles for ~20 s. Every shape's output and gradients are compared with mamba-ssm's
+CUDA kernel when it is installed (relative error; both run bf16 inputs with fp32 arithmetic).
 """
 
-import sys
+import argparse
 
 import torch
 
-from ablate.bench import fwd_bwd, median_ms, scan_case
+from ablate.bench import median_ms, scan_case
 from ablate.ops.scan import triton as tscan
 
-x = scan_case(8, 1536, 2048, 16)
+parser = argparse.ArgumentParser()
+parser.add_argument("--L", type=int, default=2048)
+parser.add_argument("--compile-only", action="store_true",
+                    help="run each shape once (fills Triton's cache; start several in parallel, then time)")
+parser.add_argument("shapes", nargs="*", default=["32,64,4,2,1"])
+args = parser.parse_args()
+
+x = scan_case(8, 1536, args.L, 16)
+leaves = list(x.values())
+grad = torch.randn_like(x["u"])
 
 
-def call():
-    return tscan.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+def timed(fn):
+    """(forward ms, backward ms, output, gradients) of fn over the scan inputs."""
+    out = fn()
+    grads = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    fwd = median_ms(fn, 5, 20)
+    bwd = median_ms(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), 5, 20)
+    return fwd, bwd, out, grads
 
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+if args.compile_only:
+    for shape in args.shapes:
+        bd, ch, wf, bbd, wb = map(int, shape.split(","))
+        tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
+        try:
+            torch.autograd.grad(tscan.selective_scan(*leaves, True), leaves, grad)
+        except Exception as err:
+            print(shape, "failed to compile", type(err).__name__, str(err)[:200])
+    torch.cuda.synchronize()
+    raise SystemExit
+
+ref = None
+try:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    f, b, out, grads = timed(lambda: selective_scan_fn(*leaves, True))
+    ref = (out, grads)
+    print(f"mamba-ssm: fwd {f:.3f} ms, bwd {b:.3f} ms, fwd+bwd {f + b:.3f} ms", flush=True)
+except ImportError:
+    print("mamba-ssm not installed: no reference timing or check")
 
 rows = []
-shapes = [tuple(map(int, a.split(","))) for a in sys.argv[1:]] or [(16, 128, 4, 8, 8)]
-for bd, ch, wf, bbd, wb in shapes:
+for shape in args.shapes:
+    bd, ch, wf, bbd, wb = map(int, shape.split(","))
     tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
     try:
-        f = median_ms(call, 5, 20)
-        fb = median_ms(fwd_bwd(call, list(x.values())), 5, 20)
+        f, b, out, grads = timed(lambda: tscan.selective_scan(*leaves, True))
     except Exception as err:  # out of registers / shared memory for this shape
-        print(bd, ch, wf, bbd, wb, "failed", type(err).__name__)
+        print(shape, "failed", type(err).__name__, str(err)[:200], flush=True)
         continue
-    rows.append((fb, f, bd, ch, wf, bbd, wb))
-    print(f"fwd BLOCK_D={bd} CHUNK={ch} warps={wf} | bwd BLOCK_D={bbd} warps={wb}: "
-          f"fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms", flush=True)
+    err = ""
+    if ref is not None:
+        worst = max([rel(out, ref[0])] + [rel(g, r) for g, r in zip(grads, ref[1])])
+        err = f", worst rel. diff to mamba-ssm {worst:.1e}"
+    rows.append((f + b, f, b, shape))
+    print(f"{shape}: fwd {f:.3f} ms, bwd {b:.3f} ms, fwd+bwd {f + b:.3f} ms{err}", flush=True)
 rows.sort()
 print("best:", rows[:5])
-torch.cuda.synchronize()

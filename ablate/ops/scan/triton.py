@@ -70,7 +70,7 @@ def _column(m, cols, n):
 
 @triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-                out_ptr, pre_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
+                out_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
                 N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -101,7 +101,6 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         if D_ptr is not None:
             y += u * tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
         if z_ptr is not None:
-            tl.store(pre_ptr + row, y, mask=m2)  # the backward's dz needs the pre-gate output
             z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
         tl.store(out_ptr + row, y.to(out_ptr.dtype.element_ty), mask=m2)
@@ -109,9 +108,9 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
 
 
 @triton.jit
-def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
-                du_ptr, ddt_ptr, dz_ptr, dA_part_ptr, dB_part_ptr, dC_part_ptr, dD_part_ptr, dh0_ptr,
-                T, D, n_chunks, n_dblocks,
+def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
+                du_ptr, ddt_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_part_ptr, dh0_ptr,
+                T, D, n_chunks,
                 N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -138,13 +137,13 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_
                                                  CHUNK, SOFTPLUS)
         dt_next, _ = _dt_tile(dt_ptr, bias_ptr, b, offs_d, offs_t + 1, T, D, SOFTPLUS)
         dtu = dt * u
-        dy = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row, mask=m2, other=0.0).to(tl.float32)
+        dy = dout
         if z_ptr is not None:
             z = tl.load(z_ptr + row, mask=m2, other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
-            pre = tl.load(pre_ptr + row, mask=m2, other=0.0)
-            tl.store(dz_ptr + row, (dy * pre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dy * z * sig
+            dy = dout * z * sig
+        y = u * Dv  # the pre-gate output, rebuilt from the recomputed states for dz
         dD_acc += tl.sum(dy * u, axis=1)
         ddt = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         du = dy * Dv
@@ -157,6 +156,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_
             x = dtu * B_n[None, :]
             a_cum, x_cum = tl.associative_scan((a, x), 1, _combine)
             hs = x_cum + a_cum * _column(h_in, cols, n)[:, None]
+            y += hs * C_n[None, :]
             # adjoint x_t = C_t dy_t + a_{t+1} x_{t+1}, scanned from the chunk end
             r_cum, g_cum = tl.associative_scan((tl.exp(dt_next * A_n[:, None]), dy * C_n[None, :]), 1, _combine,
                                                reverse=True)
@@ -169,10 +169,12 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, pre_
             ddt += dlog * A_n[:, None] + xB * u
             du += xB * dt
             dA_acc = tl.where(cols[None, :] == n, dA_acc + tl.sum(dlog * dt, axis=1)[:, None], dA_acc)
-            part = ((b * n_dblocks + pid_d) * N + n) * T + offs_t
-            tl.store(dB_part_ptr + part, tl.sum(xs * dtu, axis=0), mask=mt)
-            tl.store(dC_part_ptr + part, tl.sum(hs * dy, axis=0), mask=mt)
+            # dB, dC sum over all channels: this block's share is added in L2 (as mamba-ssm does)
+            tl.atomic_add(dB_ptr + (b * N + n) * T + offs_t, tl.sum(xs * dtu, axis=0), mask=mt, sem="relaxed")
+            tl.atomic_add(dC_ptr + (b * N + n) * T + offs_t, tl.sum(hs * dy, axis=0), mask=mt, sem="relaxed")
         carry = carry_next
+        if z_ptr is not None:
+            tl.store(dz_ptr + row, (dout * y * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m2)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         tl.store(ddt_ptr + row, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
@@ -196,20 +198,19 @@ class _SelectiveScan(torch.autograd.Function):
         N = A.shape[1]
         n_chunks = triton.cdiv(T, CHUNK)
         out = torch.empty_like(u)
-        pre = torch.empty(u.shape, device=u.device, dtype=torch.float32) if z is not None else None
         hT = u.new_empty(batch, dim, N, dtype=torch.float32)
         ckpt = u.new_empty(batch, dim, n_chunks, N, dtype=torch.float32)
         grid = (batch, triton.cdiv(dim, BLOCK_D))
         A32 = A.float().contiguous()
-        _fwd_kernel[grid](u, delta, A32, B, C, D, z, delta_bias, h0, out, pre, hT, ckpt, T, dim, n_chunks,
+        _fwd_kernel[grid](u, delta, A32, B, C, D, z, delta_bias, h0, out, hT, ckpt, T, dim, n_chunks,
                           N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=softplus, num_warps=CONFIG["fwd_warps"])
-        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, pre, ckpt, h0)
+        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, ckpt, h0)
         ctx.softplus, ctx.chunk = softplus, CHUNK
         return out, hT
 
     @staticmethod
     def backward(ctx, dout, dhT):
-        u, delta, A, B, C, D, z, delta_bias, pre, ckpt, h0 = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
         # the chunk must match the forward's checkpoints; the channel block may differ
         BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], ctx.chunk
         batch, dim, T = u.shape
@@ -219,17 +220,16 @@ class _SelectiveScan(torch.autograd.Function):
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
-        dB_part = u.new_empty(batch, n_dblocks, N, T, dtype=torch.float32)
-        dC_part = u.new_empty(batch, n_dblocks, N, T, dtype=torch.float32)
+        dB32 = u.new_zeros(batch, N, T, dtype=torch.float32)
+        dC32 = u.new_zeros(batch, N, T, dtype=torch.float32)
         dD_part = u.new_empty(batch, dim, dtype=torch.float32)
         dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
         _bwd_kernel[(batch, n_dblocks)](
-            u, delta, A, B, C, D, z, delta_bias, pre, ckpt, dout.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
             dhT.contiguous() if dhT is not None else None,
-            du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dh0, T, dim, n_chunks, n_dblocks,
+            du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, n_chunks,
             N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=ctx.softplus, num_warps=CONFIG["bwd_warps"])
-        dB = dB_part.sum(1).to(B.dtype)
-        dC = dC_part.sum(1).to(C.dtype)
+        dB, dC = dB32.to(B.dtype), dC32.to(C.dtype)
         dA = dA_part.sum(0)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
         dbias = None

@@ -1,0 +1,8 @@
+#!/bin/bash
+# Compile every shape in parallel (one process each, filling Triton's cache), then time them all in
+# one process. Usage: bash benchmarks/tune_scan.sh [--L 2048] SHAPE ...
+set -e
+L=(); if [ "$1" = "--L" ]; then L=(--L "$2"); shift 2; fi
+for s in "$@"; do python benchmarks/tune_scan.py "${L[@]}" --compile-only "$s" & done
+wait
+python benchmarks/tune_scan.py "${L[@]}" "$@"
