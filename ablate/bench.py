@@ -12,6 +12,7 @@ Sections:
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import sys
@@ -60,7 +61,7 @@ def scan_case(B, D, T, N, dtype=torch.bfloat16):
     )
 
 
-def bench_scan(rows: list[dict]) -> None:
+def bench_scan(rows: list[dict], **_) -> None:
     from ablate.ops.scan import loop
     from ablate.ops.scan import triton as tscan
 
@@ -93,7 +94,7 @@ def bench_scan(rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------- attention
 
 
-def bench_attention(rows: list[dict]) -> None:
+def bench_attention(rows: list[dict], **_) -> None:
     from ablate.ops import attention as attn
 
     B, H, Hkv, T, D, meta, window = 8, 16, 4, 2048 + 128, 64, 128, 1024
@@ -149,7 +150,7 @@ class AssembledHybrid(torch.nn.Module):
         return (self.n1(a) + self.n2(self.mamba(x))) / 2
 
 
-def bench_layer(rows: list[dict]) -> None:
+def bench_layer(rows: list[dict], **_) -> None:
     from ablate.config import ModelConfig, override
     from ablate.mixers.base import Context
     from ablate.mixers.hybrid import Hybrid
@@ -165,10 +166,18 @@ def bench_layer(rows: list[dict]) -> None:
     pos = torch.arange(T, device="cuda")
     for window in (None, 1024):
         ours = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), resolve("auto", "cuda")).cuda().bfloat16()
+        # the same layer with mamba-ssm's scan: separates the layer's design from the scan kernel
+        ours_cuda = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), resolve("cuda", "cuda")).cuda().bfloat16()
         assembled = AssembledHybrid(d, H, kv, 16, window, meta).cuda().bfloat16()
         label = "global" if window is None else f"window {window}"
+        compiled, compiled_cuda = torch.compile(ours), torch.compile(ours_cuda)
+        def ours_call(module):
+            return lambda: module(x, Context(pos=pos, n_meta=meta)).y
+
         for name, layer, call in (
-            ("ours (Hybrid, triton scan)", ours, lambda layer=ours: layer(x, Context(pos=pos, n_meta=meta)).y),
+            ("ours (Hybrid, triton scan)", ours, ours_call(ours)),
+            ("ours, compiled (triton scan)", ours, ours_call(compiled)),
+            ("ours, compiled (mamba-ssm scan)", ours_cuda, ours_call(compiled_cuda)),
             ("mamba-ssm Mamba + SDPA/flex", assembled, lambda layer=assembled: layer(x)),
         ):
             params = sum(p.numel() for p in layer.parameters())
@@ -201,42 +210,43 @@ def core_model(name: str, size: str):
     return cfg
 
 
-def bench_model(rows: list[dict], batch: int = 8, seq: int = 2048) -> None:
+def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("off",), batch: int = 8,
+                seq: int = 2048, **_) -> None:
     from ablate.model import LM
     from ablate.ops.backends import resolve
     from ablate.sizing import count_params, train_flops_per_token
 
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name()), None)
-    for size in SIZES:
-        for name in CORE:
-            cfg = core_model(name, size)
-            model = LM(cfg, resolve("auto", "cuda")).cuda()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-            tokens = torch.randint(0, cfg.size.vocab_size, (batch, seq + 1), device="cuda")
+    for size, name, compile in itertools.product(sizes, CORE, compile_modes):
+        cfg = core_model(name, size)
+        model = LM(cfg, resolve("auto", "cuda", compile)).cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        tokens = torch.randint(0, cfg.size.vocab_size, (batch, seq + 1), device="cuda")
 
-            def step(model=model, opt=opt, tokens=tokens):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = model(tokens[:, :-1]).logits
-                    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        def step(model=model, opt=opt, tokens=tokens):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(tokens[:, :-1]).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-            ms = median_ms(step, warmup=1000, rep=3000)
-            tps = batch * seq / (ms / 1e3)
-            flops = train_flops_per_token(cfg, seq)
-            rows.append({"section": "model", "case": f"{size} bf16 B={batch} T={seq}", "impl": name,
-                         "params_M": count_params(cfg).total / 1e6, "step_ms": ms, "tokens_per_s": tps,
-                         "MFU": tps * flops / peak if peak else None})
-            print(rows[-1], flush=True)
-            del model, opt
-            torch.cuda.empty_cache()
+        step()  # compiles, when compiling
+        ms = median_ms(step, warmup=1000, rep=3000)
+        tps = batch * seq / (ms / 1e3)
+        flops = train_flops_per_token(cfg, seq)
+        rows.append({"section": "model", "case": f"{size} bf16 B={batch} T={seq}", "impl": name, "compile": compile,
+                     "params_M": count_params(cfg).total / 1e6, "step_ms": ms, "tokens_per_s": tps,
+                     "MFU": tps * flops / peak if peak else None})
+        print(rows[-1], flush=True)
+        del model, opt
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- inference
 
 
-def bench_inference(rows: list[dict], context: int = 8000, new: int = 64) -> None:
+def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, **_) -> None:
     from ablate.model import LM
     from ablate.ops.backends import resolve
     from ablate.sizing import cache_bytes
@@ -291,12 +301,13 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
             f.write(json.dumps({"time": stamp, "gpu": gpu_name(), "command": command, **row}) + "\n")
 
 
-def run(sections: list[str], out: Path) -> list[dict]:
+def run(sections: list[str], out: Path, **options) -> list[dict]:
+    """options (model section): sizes, compile_modes."""
     if not torch.cuda.is_available():
         raise SystemExit("ablate bench needs a CUDA GPU")
     rows: list[dict] = []
     for section in sections:
-        globals()[f"bench_{section}"](rows)
+        globals()[f"bench_{section}"](rows, **options)
     write_results(rows, out, "ablate bench " + " ".join(sys.argv[2:]))
     return rows
 

@@ -59,7 +59,14 @@ def _bench(args) -> int:
     unknown = sorted(set(sections) - set(bench.SECTIONS))
     if unknown:
         raise ConfigError(f"--sections: unknown {unknown}; allowed: {', '.join(bench.SECTIONS)}")
-    bench.run(sections, Path(args.out))
+    sizes = args.sizes.split(",")
+    unknown = sorted(set(sizes) - set(bench.SIZES))
+    if unknown:
+        raise ConfigError(f"--sizes: unknown {unknown}; allowed: {', '.join(bench.SIZES)}")
+    modes = args.compile.split(",")
+    if set(modes) - {"on", "off"}:
+        raise ConfigError(f"--compile: got {args.compile!r}; allowed: a comma list of on, off")
+    bench.run(sections, Path(args.out), sizes=sizes, compile_modes=modes)
     return 0
 
 
@@ -84,6 +91,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="GPU benchmarks (ops, layer, model, inference) into a results file")
     p.add_argument("--sections", help="comma list of: scan, attention, layer, model, inference (default all)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
+    p.add_argument("--sizes", default="125M,350M", help="model section: comma list of 125M, 350M")
+    p.add_argument("--compile", default="on", help="model section: torch.compile blocks: on, off or off,on")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("table", help="results table (markdown, CSV) and recall-vs-cache plot")

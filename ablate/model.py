@@ -74,6 +74,9 @@ class LM(nn.Module):
             self.meta = no_weight_decay(nn.Parameter(torch.empty(cfg.n_meta, d)))
             self.meta._no_reinit = True
         self.blocks = nn.ModuleList(Block(cfg, spec, self.backends) for spec in self.plan)
+        # Compiled views of the same blocks (a plain list, so the parameters are registered once),
+        # used for full-sequence forwards; decoding steps change shapes every call and stay eager.
+        self.compiled_blocks = [torch.compile(b) for b in self.blocks] if self.backends.compile else None
         self.final_norm = RMSNorm(d, cfg.norm_eps)
         self.reset_parameters()
 
@@ -109,13 +112,14 @@ class LM(nn.Module):
         pos = torch.arange(start, start + h.shape[1], device=h.device)
         shared: dict[int, SharedKV] = {}
         maps = []
+        fast = self.compiled_blocks is not None and cache is None and not return_maps
         for i, block in enumerate(self.blocks):
             spec = block.spec
             ctx = Context(pos=pos, n_meta=self.n_meta,
                           cache=None if cache is None else cache.layers[i],
                           shared_kv=shared.get(spec.kv_group) if spec.kv_role == "consumer" else None,
                           want_map=return_maps)
-            h, out = block(h, ctx)
+            h, out = (self.compiled_blocks[i] if fast else block)(h, ctx)
             if spec.kv_role == "producer":
                 shared[spec.kv_group] = out.kv
             maps.append(out.maps)

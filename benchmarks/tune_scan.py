@@ -70,7 +70,7 @@ for shape in args.shapes:
         continue
     err = ""
     if ref is not None:
-        worst = max([rel(out, ref[0])] + [rel(g, r) for g, r in zip(grads, ref[1])])
+        worst = max([rel(out, ref[0])] + [rel(g, r) for g, r in zip(grads, ref[1], strict=True)])
         err = f", worst rel. diff to mamba-ssm {worst:.1e}"
     rows.append((f + b, f, b, shape))
     print(f"{shape}: fwd {f:.3f} ms, bwd {b:.3f} ms, fwd+bwd {f + b:.3f} ms{err}", flush=True)

@@ -19,6 +19,7 @@ class Backends:
     ssd: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"
+    compile: bool = False  # torch.compile each block for full-sequence forwards (training, prefill)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,10 +43,14 @@ def available() -> dict[str, bool]:
     }
 
 
-def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Backends:
+def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile: str = "off") -> Backends:
     """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device.
-    'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error."""
+    'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error.
+    compile: 'on' | 'off' | 'auto' (on with a CUDA device: measured faster, benchmarks/RESULTS.md)."""
     on_cuda = torch.device(device).type == "cuda"
+    if compile not in ("auto", "on", "off"):
+        raise BackendError(f"compile must be one of auto, on, off; got '{compile}'")
+    compiled = compile == "on" or (compile == "auto" and on_cuda)
     have = available()
     if requested in ("triton", "cuda") and not on_cuda:
         raise BackendError(f"backend '{requested}' needs a CUDA device; got device '{device}'")
@@ -54,7 +59,7 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Back
     if requested == "triton" and not have["triton"]:
         raise BackendError("backend 'triton' needs triton: pip install triton")
     if requested == "torch" or not on_cuda:
-        return Backends()
+        return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops
 
     if requested == "cuda":
@@ -64,4 +69,4 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu") -> Back
         scan = "triton"
     else:
         scan = "loop"
-    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa")
+    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa", compile=compiled)

@@ -25,6 +25,8 @@ class RecipeConfig:
     grad_clip: float = knob(1.0, "gradient-norm clip (0: off)")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = knob(
         "auto", "auto: bf16-mixed on GPU, 32-true on CPU (resolved once and recorded)")
+    compile: Literal["auto", "on", "off"] = knob(
+        "auto", "torch.compile each block: auto is on with a GPU (resolved once and recorded with the backends)")
     batch_size: int = knob(32, "sequences per optimizer step")
     max_steps: int = knob(1000, "optimizer steps (ignored when token_budget is set)")
     token_budget: int | None = knob(None, "training tokens; sets max_steps = budget / (batch * seq)")

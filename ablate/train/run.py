@@ -138,7 +138,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
     precision = cfg.recipe.precision
     if precision == "auto":
         precision = "bf16-mixed" if on_gpu else "32-true"
-    backends = resolve(model_cfg.backend, "cuda" if on_gpu else "cpu")
+    backends = resolve(model_cfg.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
     attempt = (previous or {}).get("attempts", 0) + 1
     record = {
         "name": run_dir.name, "variant": cfg.variant, "task": cfg.task, "seed": cfg.recipe.seed,

@@ -25,6 +25,7 @@ def _compiled():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@torch.compiler.disable  # built once per shape, outside any compiled block (a graph input there)
 @functools.lru_cache(maxsize=64)
 def block_mask(T: int, window: int | None, n_meta: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
@@ -39,7 +40,10 @@ def block_mask(T: int, window: int | None, n_meta: int, device: str):
 def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
     mask = block_mask(q.shape[2], window, n_meta, str(q.device))
-    flex = _compiled()
+    if torch.compiler.is_compiling():  # inside a compiled block, which compiles flex_attention with it
+        from torch.nn.attention.flex_attention import flex_attention as flex
+    else:
+        flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
     parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import torch
+
 from ablate.ops.scan import loop, reference
 
 IMPLS = {
@@ -21,6 +23,7 @@ def register_mamba_ssm() -> None:
     """Add mamba-ssm's CUDA kernel as impl 'cuda' (backend 'cuda'; checked by ops.backends)."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
+    @torch.compiler.disable  # a C++ extension: compiled blocks call it as it is
     def cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
              return_final_state=False):
         if initial_state is not None:

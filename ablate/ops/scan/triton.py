@@ -238,6 +238,7 @@ class _SelectiveScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0 if h0 is not None else None
 
 
+@torch.compiler.disable  # a compiled block calls the kernels as they are (dynamo breaks the graph here)
 def selective_scan(
     u: Tensor,
     delta: Tensor,
