@@ -31,7 +31,8 @@ def scan_inputs(B, D, T, N, dtype, seed):
                 delta_bias=(0.1 * torch.randn(D, device="cuda", generator=g)).requires_grad_())
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
+                         ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("T", [1, 31, 100, 257])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_triton_scan_matches_reference(dtype, tol, T, with_state):

@@ -25,7 +25,6 @@ def _compiled():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@torch.compiler.disable  # built once per shape, outside any compiled block (a graph input there)
 @functools.lru_cache(maxsize=64)
 def block_mask(T: int, window: int | None, n_meta: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
@@ -37,13 +36,13 @@ def block_mask(T: int, window: int | None, n_meta: int, device: str):
     return create_block_mask(visible, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
+# A compiled block calls this as it is (its own compiled kernel, its cached block mask): traced into
+# the block's graph, inductor found no kernel for the V head-dim slices (seen with torch 2.11).
+@torch.compiler.disable
 def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
     mask = block_mask(q.shape[2], window, n_meta, str(q.device))
-    if torch.compiler.is_compiling():  # inside a compiled block, which compiles flex_attention with it
-        from torch.nn.attention.flex_attention import flex_attention as flex
-    else:
-        flex = _compiled()
+    flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
     parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
