@@ -36,14 +36,16 @@ def block_mask(T: int, window: int | None, n_meta: int, device: str):
     return create_block_mask(visible, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
-# A compiled block calls this as it is (its own compiled kernel, its cached block mask): traced into
-# the block's graph, inductor found no kernel for the V head-dim slices (seen with torch 2.11).
-@torch.compiler.disable
+@torch.compiler.disable  # a compiled block calls this as it is: own compiled kernel, cached block mask
 def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
     mask = block_mask(q.shape[2], window, n_meta, str(q.device))
     flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
-    parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
+    # contiguous inputs: with views of a fused projection (row stride = its width), inductor found
+    # no flex kernel for some lengths (T=73, fp32, head dim 16 on torch 2.11)
+    q, k = q.contiguous(), k.contiguous()
+    parts = [flex(q, k, v[..., i : i + D].contiguous(), block_mask=mask, enable_gqa=gqa)
+             for i in range(0, v.shape[-1], D)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

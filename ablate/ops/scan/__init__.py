@@ -28,6 +28,9 @@ def register_mamba_ssm() -> None:
              return_final_state=False):
         if initial_state is not None:
             raise ValueError("mamba-ssm's selective_scan_fn takes no initial state; use backend 'triton'")
+        # the CUDA kernel takes D and the dt bias in fp32 only
+        D = D.float() if D is not None else None
+        delta_bias = delta_bias.float() if delta_bias is not None else None
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_final_state)
 
     IMPLS["cuda"] = cuda
