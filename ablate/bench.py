@@ -171,6 +171,7 @@ def bench_layer(rows: list[dict], **_) -> None:
         assembled = AssembledHybrid(d, H, kv, 16, window, meta).cuda().bfloat16()
         label = "global" if window is None else f"window {window}"
         compiled, compiled_cuda = torch.compile(ours), torch.compile(ours_cuda)
+
         def ours_call(module):
             return lambda: module(x, Context(pos=pos, n_meta=meta)).y
 
@@ -210,7 +211,7 @@ def core_model(name: str, size: str):
     return cfg
 
 
-def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("off",), batch: int = 8,
+def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), batch: int = 8,
                 seq: int = 2048, **_) -> None:
     from ablate.model import LM
     from ablate.ops.backends import resolve

@@ -34,14 +34,18 @@ def timed(fn):
     return fwd, bwd, out, grads
 
 
+def use_shape(shape: str) -> None:
+    bd, ch, wf, bbd, wb = map(int, shape.split(","))
+    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
+
+
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 if args.compile_only:
     for shape in args.shapes:
-        bd, ch, wf, bbd, wb = map(int, shape.split(","))
-        tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
+        use_shape(shape)
         try:
             torch.autograd.grad(tscan.selective_scan(*leaves, True), leaves, grad)
         except Exception as err:
@@ -61,8 +65,7 @@ except ImportError:
 
 rows = []
 for shape in args.shapes:
-    bd, ch, wf, bbd, wb = map(int, shape.split(","))
-    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
+    use_shape(shape)
     try:
         f, b, out, grads = timed(lambda: tscan.selective_scan(*leaves, True))
     except Exception as err:  # out of registers / shared memory for this shape

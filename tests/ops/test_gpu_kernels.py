@@ -97,15 +97,14 @@ def test_model_trains_on_gpu_with_fast_backends():
 
 
 # Only mamba2 here: with hymba and samba at these tiny shapes (T=70-73, head dim 32, one KV head),
-# flex attention's backward failed to lower (inductor NoValidChoicesError, torch 2.11, H100), in
-# fp32 and bf16 alike; open, see benchmarks/NOTES.md. The compiled hybrids run at the benchmark
+# flex attention's backward failed to lower inside this test (inductor NoValidChoicesError, torch
+# 2.11, H100), in fp32 and bf16 alike; open, see benchmarks/NOTES.md. The compiled hybrids run at the benchmark
 # shapes (benchmarks/RESULTS.md).
 @pytest.mark.parametrize("variant", ["mamba2"])
 def test_compiled_blocks_match_eager_forward_and_backward(variant):
-    """torch.compile of each block (scan and flex kernels called as they are, SSD and the rest
+    """torch.compile of each block (the scan kernel called as it is, the chunked SSD and the rest
     compiled) gives the eager model's logits and gradients under bf16 autocast, as training runs;
-    decoding still uses the eager blocks. (In fp32, torch 2.11's flex attention found no backward
-    kernel for these small shapes once called from a compiled block; bf16 is the GPU recipe.)"""
+    decoding still uses the eager blocks."""
     from ablate.config import load_variant
     from ablate.model import LM
     from ablate.ops.backends import resolve

@@ -43,9 +43,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) 
     flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
-    # contiguous inputs: with views of a fused projection (row stride = its width), inductor found
-    # no flex kernel for some lengths (T=73, fp32, head dim 16 on torch 2.11)
-    q, k = q.contiguous(), k.contiguous()
-    parts = [flex(q, k, v[..., i : i + D].contiguous(), block_mask=mask, enable_gqa=gqa)
-             for i in range(0, v.shape[-1], D)]
+    parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -1,0 +1,17 @@
+"""Block compilation is resolved with the kernels: auto means on with a GPU, off on the CPU."""
+
+import pytest
+
+from ablate.ops.backends import BackendError, resolve
+
+
+def test_compile_auto_is_off_on_cpu_and_explicit_choices_are_kept():
+    assert resolve("auto", "cpu").compile is False
+    assert resolve("auto", "cpu", compile="auto").compile is False
+    assert resolve("torch", "cpu", compile="on").compile is True
+    assert resolve("auto", "cpu", compile="off").as_dict()["compile"] is False
+
+
+def test_unknown_compile_choice_is_an_error_naming_the_allowed_values():
+    with pytest.raises(BackendError, match="auto, on, off"):
+        resolve("auto", "cpu", compile="yes")
