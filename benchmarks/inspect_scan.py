@@ -26,11 +26,13 @@ BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 def compile_for_hopper(kernel, block_d: int, chunk: int, warps: int):
     consts = {"N": 16, "BLOCK_D": block_d, "CHUNK": chunk, "SOFTPLUS": True}
+    if "CKPT_STRIDE" in kernel.arg_names:  # backward: its chunks as long as the forward's
+        consts["CKPT_STRIDE"] = 1
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
             sig[name] = "constexpr"
-        elif name in ("T", "D", "n_chunks"):
+        elif name in ("T", "D", "n_chunks", "n_ckpts"):
             sig[name] = "i32"
         else:
             sig[name] = "*fp32" if name in FP32_ARGS else "*bf16"

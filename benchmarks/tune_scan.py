@@ -1,7 +1,7 @@
 """Time the Triton selective scan over tile shapes (GPU), forward and backward separately.
 
 Usage: python benchmarks/tune_scan.py [--L 2048] SHAPE ...
-  SHAPE is BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_WARPS (the backward walks the forward's chunks).
+  SHAPE is BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_CHUNK,BWD_WARPS (BWD_CHUNK a multiple of CHUNK).
 Each shape compiles for ~20 s. Every shape's output and gradients are compared with mamba-ssm's
 CUDA kernel when it is installed (relative error; both run bf16 inputs with fp32 arithmetic).
 """
@@ -17,8 +17,9 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--L", type=int, default=2048)
 parser.add_argument("--compile-only", action="store_true",
                     help="run each shape once (fills Triton's cache; start several in parallel, then time)")
-parser.add_argument("shapes", nargs="*", default=["32,64,4,2,1"])
-args = parser.parse_args()
+parser.add_argument("shapes", nargs="*", default=["{BLOCK_D},{CHUNK},{fwd_warps},{bwd_BLOCK_D},{bwd_CHUNK},{bwd_warps}"
+                                                   .format(**tscan.CONFIG)])
+args = parser.parse_intermixed_args()
 
 x = scan_case(8, 1536, args.L, 16)
 leaves = list(x.values())
@@ -35,8 +36,8 @@ def timed(fn):
 
 
 def use_shape(shape: str) -> None:
-    bd, ch, wf, bbd, wb = map(int, shape.split(","))
-    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_warps=wb)
+    bd, ch, wf, bbd, bch, wb = map(int, shape.split(","))
+    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_CHUNK=bch, bwd_warps=wb)
 
 
 def rel(a, b):

@@ -1,18 +1,22 @@
 """Mamba-1 selective scan in Triton, forward and backward.
 
 One program owns BLOCK_D channels of one sequence and walks the time axis in chunks of CHUNK
-steps. Inside a chunk it loops over the N states (unrolled); for each, the recurrence
+steps. Inside a chunk it loops over the N states; for each, the recurrence
 h_t = a_t h_{t-1} + b_t (a = exp(dt A_n), b = dt u B_n) is solved for all (channel, step) at once
 with ``tl.associative_scan`` over the step axis, y accumulates C_n h in registers, and the chunk's
 last state is carried into the next chunk (as in mamba-ssm, the state index is a loop, so no
-reduction over N crosses threads). The forward stores the state at every
-chunk start (B, D, T/CHUNK, N); the backward walks the chunks in reverse, recomputes the chunk's
-states from that checkpoint, and solves the adjoint recurrence
+reduction over N crosses threads). The forward stores the state at every chunk start
+(B, D, T/CHUNK, N); the backward walks its own, longer chunks (a whole number of the forward's)
+in reverse, recomputes the chunk's states from the checkpoint at its start, and solves the
+adjoint recurrence
 
     x_t = C_t dy_t + a_{t+1} x_{t+1}        (x_{T} = grad of the final state, a_T = 1)
 
-with the same scan on the time-reversed chunk. Per-program partial sums of dB, dC (over the
-channel block) and dA (over the sequence) are written out and reduced with torch.
+with a reverse scan over the same chunk. dB and dC (sums over channels) are added with atomics;
+dA and dD partial sums per program are reduced with torch.
+
+The forward unrolls its loop over states; the backward must not: unrolled, the compiler hoists
+all N states' loads and tiles at once (255 registers and spills, 2x slower; benchmarks/NOTES.md).
 
 Gate and skip are fused: out = (y + D u) * silu(z). Inputs may be fp32, fp16 or bf16; all
 arithmetic is fp32. Layouts as in reference.py.
@@ -110,8 +114,10 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
 @triton.jit
 def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dhT_ptr,
                 du_ptr, ddt_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_part_ptr, dh0_ptr,
-                T, D, n_chunks,
-                N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SOFTPLUS: tl.constexpr):
+                T, D, n_ckpts,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT_STRIDE: tl.constexpr,
+                SOFTPLUS: tl.constexpr):
+    # the forward's chunks may be shorter: its checkpoint for this kernel's chunk c is at c * CKPT_STRIDE
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -129,9 +135,10 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt
     Dv = 0.0
     if D_ptr is not None:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+    n_chunks = tl.cdiv(T, CHUNK)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
-        h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_chunks + c) * N + cols[None, :],
+        h_in = tl.load(ckpt_ptr + ((b * D + offs_d)[:, None] * n_ckpts + c * CKPT_STRIDE) * N + cols[None, :],
                        mask=md[:, None], other=0.0)
         offs_t, mt, m2, row, u, dt, raw = _steps(u_ptr, dt_ptr, bias_ptr, b, offs_d, c * CHUNK, T, D,
                                                  CHUNK, SOFTPLUS)
@@ -148,7 +155,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt
         ddt = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
         du = dy * Dv
         carry_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        for n in tl.static_range(N):
+        for n in range(N):  # a loop, not unrolled: see the module docstring
             A_n = tl.load(A_ptr + offs_d * N + n, mask=md, other=0.0)
             B_n = tl.load(B_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + (b * N + n) * T + offs_t, mask=mt, other=0.0).to(tl.float32)
@@ -185,7 +192,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt
 
 
 # Tile shape: channels per program, steps per chunk, warps (fwd, bwd); see benchmarks/NOTES.md.
-CONFIG = {"BLOCK_D": 32, "CHUNK": 64, "fwd_warps": 4, "bwd_BLOCK_D": 2, "bwd_warps": 1}
+CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "fwd_warps": 4, "bwd_BLOCK_D": 1, "bwd_CHUNK": 128, "bwd_warps": 1}
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -211,11 +218,12 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT):
         u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
-        # the chunk must match the forward's checkpoints; the channel block may differ
-        BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], ctx.chunk
+        # the backward's chunk is a whole number of the forward's (a checkpoint at each chunk start)
+        BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], CONFIG["bwd_CHUNK"]
+        if CHUNK % ctx.chunk:
+            raise ValueError(f"scan CONFIG: bwd_CHUNK={CHUNK} must be a multiple of the forward's CHUNK={ctx.chunk}")
         batch, dim, T = u.shape
         N = A.shape[1]
-        n_chunks = ckpt.shape[2]
         n_dblocks = triton.cdiv(dim, BLOCK_D)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
@@ -227,8 +235,9 @@ class _SelectiveScan(torch.autograd.Function):
         _bwd_kernel[(batch, n_dblocks)](
             u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
             dhT.contiguous() if dhT is not None else None,
-            du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, n_chunks,
-            N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, SOFTPLUS=ctx.softplus, num_warps=CONFIG["bwd_warps"])
+            du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2],
+            N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, CKPT_STRIDE=CHUNK // ctx.chunk, SOFTPLUS=ctx.softplus,
+            num_warps=CONFIG["bwd_warps"])
         dB, dC = dB32.to(B.dtype), dC32.to(C.dtype)
         dA = dA_part.sum(0)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
