@@ -248,7 +248,7 @@ def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), bat
 
 
 def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, **_) -> None:
-    from ablate.model import LM
+    from ablate.model import LM, GraphedStep
     from ablate.ops.backends import resolve
     from ablate.sizing import cache_bytes
 
@@ -257,23 +257,27 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, **_) -
         model = LM(cfg, resolve("auto", "cuda")).cuda().bfloat16().eval()
         prompt = torch.randint(0, cfg.size.vocab_size, (1, context), device="cuda")
         with torch.no_grad():
-            prefill_ms = median_ms(lambda model=model, p=prompt: model(p, model.new_cache()), warmup=500, rep=2000)
-            cache = model.new_cache()
-            logits = model(prompt, cache).logits[:, -1]
-            measured = cache.nbytes()  # after the prefill: compared with the analytic bytes at `context`
-            nxt = logits.argmax(-1, keepdim=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(new):
-                nxt = model(nxt, cache).logits[:, -1].argmax(-1, keepdim=True)
-            torch.cuda.synchronize()
-            decode_s = time.perf_counter() - t0
-        rows.append({"section": "inference", "case": f"350M bf16 B=1 context={context}", "impl": name,
-                     "prefill_tok_s": context / (prefill_ms / 1e3), "decode_tok_s": new / decode_s,
-                     "cache_MB_measured": measured / 1e6,
-                     "cache_MB_analytic": cache_bytes(cfg, context, "bf16")["total"] / 1e6})
+            prefill_ms = median_ms(lambda model=model, p=prompt: model(p, model.new_cache(context + new)),
+                                   warmup=500, rep=2000)
+            speeds = {}
+            for mode in ("eager", "graph"):
+                cache = model.new_cache(context + new)
+                nxt = model(prompt, cache).logits[:, -1].argmax(-1, keepdim=True)
+                measured = cache.nbytes()  # allocated at the prefill for context + new tokens
+                step = GraphedStep(model, cache, 1) if mode == "graph" else (
+                    lambda t, model=model, cache=cache: model(t, cache).logits[:, -1])
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(new):
+                    nxt = step(nxt).argmax(-1, keepdim=True)
+                torch.cuda.synchronize()
+                speeds[mode] = new / (time.perf_counter() - t0)
+        rows.append({"section": "inference", "case": f"350M bf16 B=1 context={context} +{new}", "impl": name,
+                     "prefill_tok_s": context / (prefill_ms / 1e3), "decode_tok_s": speeds["graph"],
+                     "decode_eager_tok_s": speeds["eager"], "cache_MB_measured": measured / 1e6,
+                     "cache_MB_analytic": cache_bytes(cfg, context + new, "bf16")["total"] / 1e6})
         print(rows[-1], flush=True)
-        del model, cache
+        del model, cache, step
         torch.cuda.empty_cache()
 
 

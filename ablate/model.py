@@ -5,8 +5,10 @@
     logits = embed.weight @ final_norm(h)[n_meta:]                   meta stripped before the head
 
 KV sharing: a producer layer's post-RoPE K/V is handed to the consumer layers of its group.
-Decoding: ``Cache`` holds one LayerCache per layer plus the number of positions consumed; the
-first call (empty cache) prepends the meta tokens, later calls feed only new tokens.
+Decoding: ``Cache`` holds one LayerCache per layer, sized for ``max_tokens`` when created, plus
+the number of positions consumed (on the host, and on the device for captured steps); the first
+call (empty cache) prepends the meta tokens, later calls feed only new tokens. ``GraphedStep``
+captures one decoding step as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ class Block(nn.Module):
 @dataclass
 class Cache:
     layers: list[LayerCache]
+    max_tokens: int  # real tokens (meta excluded) the cache was sized for
     length: int = 0  # positions consumed so far, meta tokens included
+    next_pos: Tensor | None = None  # `length` on the device: a captured step reads and advances it
 
     def nbytes(self) -> int:
         return sum(c.nbytes() for c in self.layers)
+
+    def tensors(self) -> list[Tensor]:
+        fields = ("k", "v", "pos", "ssm", "conv")
+        found = [getattr(c, f) for c in self.layers for f in fields] + [self.next_pos]
+        return [t for t in found if t is not None]
 
 
 @dataclass
@@ -98,8 +107,9 @@ class LM(nn.Module):
         if self.n_meta:
             nn.init.normal_(self.meta, std=1.0)
 
-    def new_cache(self) -> Cache:
-        return Cache([LayerCache() for _ in self.blocks])
+    def new_cache(self, max_tokens: int) -> Cache:
+        """An empty decoding cache for up to max_tokens tokens (prompt and generated)."""
+        return Cache([LayerCache(max_tokens) for _ in self.blocks], max_tokens)
 
     def forward(self, tokens: Tensor, cache: Cache | None = None, return_maps: bool = False) -> LMOutput:
         """tokens: (B, T). With a cache, decoding continues from cache.length and the cache is
@@ -107,9 +117,15 @@ class LM(nn.Module):
         h = self.embed(tokens)
         start = 0 if cache is None else cache.length
         n_prefix = self.n_meta if start == 0 else 0
+        if cache is not None and start - self.n_meta * (start > 0) + tokens.shape[1] > cache.max_tokens:
+            raise ValueError(f"the decoding cache holds {cache.max_tokens} tokens and has "
+                             f"{start - self.n_meta * (start > 0)}; {tokens.shape[1]} more do not fit "
+                             "(LM.new_cache(max_tokens))")
         if n_prefix:
             h = torch.cat([self.meta.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
-        pos = torch.arange(start, start + h.shape[1], device=h.device)
+        pos = torch.arange(h.shape[1], device=h.device)
+        if start:  # from the device counter, so a captured step reads the current position
+            pos = pos + cache.next_pos
         shared: dict[int, SharedKV] = {}
         maps = []
         fast = self.compiled_blocks is not None and cache is None and not return_maps
@@ -125,23 +141,63 @@ class LM(nn.Module):
             maps.append(out.maps)
         if cache is not None:
             cache.length = start + h.shape[1]
+            if cache.next_pos is None:
+                cache.next_pos = torch.tensor(cache.length, device=h.device)
+            else:
+                cache.next_pos.add_(h.shape[1])
         h = self.final_norm(h[:, n_prefix:])
         return LMOutput(h @ self.embed.weight.T, maps if return_maps else [])
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Greedy (temperature 0) or sampled continuation with the decoding cache; (B, T + new)."""
-        cache = self.new_cache()
+                 generator: torch.Generator | None = None, cuda_graph: bool | None = None) -> Tensor:
+        """Greedy (temperature 0) or sampled continuation with the decoding cache; (B, T + new).
+        cuda_graph (default: on for CUDA inputs) replays each step as one captured graph."""
+        cache = self.new_cache(prompt.shape[1] + max_new_tokens)
         logits = self(prompt, cache).logits[:, -1]
+        graphed = prompt.is_cuda if cuda_graph is None else cuda_graph
+        step = GraphedStep(self, cache, prompt.shape[0]) if graphed and max_new_tokens > 1 else None
         out = [prompt]
-        for step in range(max_new_tokens):
+        for i in range(max_new_tokens):
             if temperature > 0:
                 probs = torch.softmax(logits.float() / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             out.append(nxt)
-            if step + 1 < max_new_tokens:
-                logits = self(nxt, cache).logits[:, -1]
+            if i + 1 < max_new_tokens:
+                logits = step(nxt) if step else self(nxt, cache).logits[:, -1]
         return torch.cat(out, dim=1)
+
+
+class GraphedStep:
+    """One decoding step (B, 1) -> last logits (B, vocab), captured as a CUDA graph.
+
+    Eager decoding launches every op of every layer from Python (thousands of small kernels per
+    token); a replay launches them all at once. The cache must be prefilled first: its tensors are
+    allocated then, and the step updates them in place. Each call advances the cache by one token.
+    """
+
+    def __init__(self, model: LM, cache: Cache, batch: int):
+        if cache.length == 0:
+            raise ValueError("GraphedStep needs a prefilled cache (run the prompt through the model first)")
+        self.cache = cache
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=cache.next_pos.device)
+        saved_length, saved = cache.length, [t.clone() for t in cache.tensors()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # one warm-up step: lazy library setup must not be captured
+            model(self.tokens, cache)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records kernels without running them
+            self.logits = model(self.tokens, cache).logits[:, -1]
+        for t, s in zip(cache.tensors(), saved, strict=True):  # undo the warm-up step
+            t.copy_(s)
+        cache.length = saved_length
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        self.cache.length += 1
+        return self.logits

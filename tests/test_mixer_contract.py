@@ -62,7 +62,7 @@ def test_mixer_shape_causality_decoding(case, n_meta):
     assert not torch.allclose(y2[:, t], y[:, t])
 
     # prefill 5 positions, then one step at a time
-    cache = LayerCache()
+    cache = LayerCache(max_tokens=T)
     parts = [mixer(x[:, :5], Context(pos=pos[:5], n_meta=n_meta, cache=cache)).y]
     for i in range(5, T):
         parts.append(mixer(x[:, i : i + 1], Context(pos=pos[i : i + 1], n_meta=n_meta, cache=cache)).y)
@@ -132,7 +132,7 @@ def test_variant_contract(name):
     torch.testing.assert_close(logits2[:, :t], logits[:, :t], rtol=0, atol=1e-10)
     assert not torch.allclose(logits2[:, t], logits[:, t])
 
-    cache = model.new_cache()
+    cache = model.new_cache(T)
     steps = [model(tokens[:, :4], cache).logits, model(tokens[:, 4:8], cache).logits]
     steps += [model(tokens[:, i : i + 1], cache).logits for i in range(8, T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits, rtol=1e-5, atol=1e-5)
@@ -204,6 +204,24 @@ def test_global_producer_serves_a_window_consumer():
     probs = full.maps[1]["attention"]  # the consumer: window 4 + meta over the producer's keys
     i, j = torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij")
     assert probs[..., (i - j >= 4) & (j >= 2)].abs().max() == 0
-    cache = model.new_cache()
+    cache = model.new_cache(12)
     steps = [model(tokens[:, :5], cache).logits] + [model(tokens[:, t : t + 1], cache).logits for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(steps, 1), full.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_keeps_cache_storage_and_refuses_to_overflow():
+    """A captured decoding step (CUDA graph) replays on fixed addresses: after the prefill no
+    cache tensor may be replaced. Decoding past the size the cache was made for is an error."""
+    cfg = tiny(load_variant("hymba").model)
+    model = LM(cfg).eval()
+    tokens = torch.randint(0, cfg.size.vocab_size, (1, 9))
+    cache = model.new_cache(9)
+    with torch.no_grad():
+        model(tokens[:, :6], cache)
+        storage = [t.data_ptr() for t in cache.tensors()]
+        for t in range(6, 9):
+            model(tokens[:, t : t + 1], cache)
+        assert [t.data_ptr() for t in cache.tensors()] == storage
+        assert int(cache.next_pos) == cache.length == 9 + cfg.n_meta
+        with pytest.raises(ValueError, match="new_cache"):
+            model(tokens[:, :1], cache)

@@ -55,7 +55,7 @@ def test_paper_table2_cache(name, mb, tol):
 def test_analytic_cache_equals_the_cache_decoding_allocates(name, T):
     cfg = tiny(load_variant(name).model)
     model = LM(cfg).eval()
-    cache = model.new_cache()
+    cache = model.new_cache(T)
     tokens = torch.randint(0, cfg.size.vocab_size, (1, T))
     with torch.no_grad():
         model(tokens[:, :2], cache)

@@ -9,8 +9,9 @@ q|k|v slice and returns the heads' output (B, T, H * Dv). ``Attention`` is the s
 - Window layers see the last ``window`` positions plus every meta token (ops.attention.masks).
 - KV roles: a producer (or plain layer) returns the post-RoPE K/V it attended over; a consumer
   has no K/V projection and attends with its own Q over its producer's K/V.
-- Decoding cache: keys are appended; window layers then keep the meta entries and the last
-  window-1 entries (all a later query can see).
+- Decoding cache: fixed slots (see ``LayerCache``), written in place; a step attends over the
+  cached slots plus its own keys, with the mask from positions hiding empty and out-of-window
+  slots. Shapes never change while decoding, so a step can be captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
-def trim_window(cache: LayerCache, window: int, n_meta: int) -> None:
-    """Keep meta entries and the last window-1 positions: all that a later query can see."""
-    last = int(cache.pos[-1])
-    keep = (cache.pos < n_meta) | (cache.pos >= last + 2 - window)
-    cache.k, cache.v, cache.pos = cache.k[:, :, keep], cache.v[:, :, keep], cache.pos[keep]
+def cache_slot(pos: Tensor, window: int | None, n_meta: int, ring: int) -> Tensor:
+    """The cache slot of each position: its own index in a global layer; in a window layer, meta
+    positions keep theirs and the rest cycle through ``ring`` slots after them."""
+    if window is None:
+        return pos
+    return torch.where(pos < n_meta, pos, n_meta + (pos - n_meta) % max(ring, 1))
 
 
 class AttentionHeads(nn.Module):
@@ -81,16 +83,36 @@ class AttentionHeads(nn.Module):
         cache = ctx.cache
         if cache is None:
             return SharedKV(k, v, ctx.pos)
-        if cache.k is not None:
-            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            pos = torch.cat([cache.pos, ctx.pos])
+        ring = self._ring(cache)
+        if cache.k is None:  # prefill: attend over this call's keys alone, then fill the slots
+            self._allocate(cache, k, v, ctx.n_meta + ring)
+            keys = SharedKV(k, v, ctx.pos)
+            n_meta_here = ctx.n_meta  # a fresh sequence starts with the meta tokens
         else:
-            pos = ctx.pos
-        cache.k, cache.v, cache.pos = k, v, pos
-        keys = SharedKV(k, v, pos)  # what this step attends over, before trimming
-        if self.window is not None:
-            trim_window(cache, self.window, ctx.n_meta)
+            keys = SharedKV(torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2), torch.cat([cache.pos, ctx.pos]))
+            n_meta_here = 0
+        pos, T = ctx.pos, k.shape[2]
+        if T - n_meta_here > ring:  # window layer: older entries fall out of every later window
+            pick = torch.cat([torch.arange(n_meta_here), torch.arange(T - ring, T)]).to(k.device)
+            k, v, pos = k[:, :, pick], v[:, :, pick], pos[pick]
+        slots = cache_slot(pos, self.window, ctx.n_meta, ring)
+        cache.k.index_copy_(2, slots, k)
+        cache.v.index_copy_(2, slots, v)
+        cache.pos.index_copy_(0, slots, pos)
         return keys
+
+    def _ring(self, cache: LayerCache) -> int:
+        """Non-meta slots: every position a global layer may hold, window - 1 in a window layer."""
+        if cache.max_tokens is None:
+            raise ValueError("decoding needs a cache that knows its length: LM.new_cache(max_tokens)")
+        return cache.max_tokens if self.window is None else min(self.window - 1, cache.max_tokens)
+
+    @staticmethod
+    def _allocate(cache: LayerCache, k: Tensor, v: Tensor, slots: int) -> None:
+        B, H = k.shape[:2]
+        cache.k = k.new_zeros(B, H, slots, k.shape[-1])
+        cache.v = v.new_zeros(B, H, slots, v.shape[-1])
+        cache.pos = torch.full((slots,), LayerCache.EMPTY, dtype=torch.long, device=k.device)
 
     def forward(self, qkv: Tensor, ctx: Context) -> tuple[Tensor, SharedKV, Tensor | None]:
         """qkv: (B, T, in_dim) -> (B, T, H * Dv), the K/V used, probabilities or None."""

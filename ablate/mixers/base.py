@@ -29,13 +29,30 @@ class SharedKV:
 
 @dataclass
 class LayerCache:
-    """Decoding state of one layer; mixers create and replace its tensors."""
+    """Decoding state of one layer. Tensors are allocated once, on the first (prefill) call, and
+    updated in place after that, so a captured decoding step (a CUDA graph) stays valid.
 
-    k: Tensor | None = None
-    v: Tensor | None = None
-    pos: Tensor | None = None
+    Attention keys live in fixed slots: a global layer has one slot per position, up to
+    ``max_tokens`` (+ meta); a window layer keeps the meta slots and a ring of window - 1 slots,
+    all that a later query can see. Empty slots carry position ``EMPTY`` (visible to no query).
+    """
+
+    max_tokens: int | None = None  # real tokens this cache can hold (meta tokens come on top)
+    k: Tensor | None = None  # (B, Hkv, slots, D), post-RoPE
+    v: Tensor | None = None  # (B, Hkv, slots, Dv)
+    pos: Tensor | None = None  # (slots,) absolute position held by each slot
     ssm: Tensor | None = None
     conv: Tensor | None = None
+
+    EMPTY = 2**40  # the position of a slot not yet written: later than every query
+
+    def store(self, name: str, value: Tensor) -> None:
+        """Set a state tensor the first time, copy into it afterwards (same storage)."""
+        current = getattr(self, name)
+        if current is None:
+            setattr(self, name, value.contiguous())  # not a view that keeps a larger tensor alive
+        else:
+            current.copy_(value)
 
     def nbytes(self) -> int:
         tensors = (self.k, self.v, self.ssm, self.conv)  # pos is bookkeeping, not model state

@@ -81,8 +81,9 @@ class MambaSSM(nn.Module):
         elif stepping(cache, x.shape[-1]):  # decoding one token: shift the conv state in place
             x = conv_step(cache.conv, x[..., 0], w, self.conv.bias)[..., None]
         else:
-            x, cache.conv = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv,
+            x, conv_state = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv,
                                           return_final_state=True)
+            cache.store("conv", conv_state)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)
         if self.cfg.inner_norms:
@@ -117,7 +118,7 @@ class MambaSSM(nn.Module):
             return_final_state=cache is not None, impl=self.impl)
         if cache is not None:
             y, state = y
-            cache.ssm = state.to(u.dtype)
+            cache.store("ssm", state.to(u.dtype))
         alpha = self.implicit_map(dt, B, C) if ctx.want_map else None
         return y.transpose(1, 2), alpha
 

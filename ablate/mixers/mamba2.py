@@ -70,8 +70,9 @@ class Mamba2SSM(nn.Module):
         elif stepping(cache, xBC.shape[-1]):  # decoding one token: shift the conv state in place
             xBC = conv_step(cache.conv, xBC[..., 0], w, self.conv.bias)[..., None]
         else:
-            xBC, cache.conv = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv,
+            xBC, conv_state = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv,
                                             return_final_state=True)
+            cache.store("conv", conv_state)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.bc_dim, self.bc_dim], dim=-1)
         G, N = self.cfg.n_groups, self.cfg.d_state
         x = x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
@@ -100,7 +101,7 @@ class Mamba2SSM(nn.Module):
                         return_final_state=cache is not None, impl=self.impl)
         if cache is not None:
             y, state = y
-            cache.ssm = state.to(u.dtype)
+            cache.store("ssm", state.to(u.dtype))
         y = self.norm(y.flatten(2) * F.silu(z))
         return y, self.implicit_map(dt, B, C) if ctx.want_map else None
 
