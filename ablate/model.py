@@ -142,7 +142,7 @@ class LM(nn.Module):
         if cache is not None:
             cache.length = start + h.shape[1]
             if cache.next_pos is None:
-                cache.next_pos = torch.tensor(cache.length, device=h.device)
+                cache.next_pos = torch.full((), cache.length, dtype=torch.long, device=h.device)
             else:
                 cache.next_pos.add_(h.shape[1])
         h = self.final_norm(h[:, n_prefix:])
