@@ -61,13 +61,13 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
 
 
 @pytest.mark.parametrize("window,n_meta,Dv", [(16, 0, 32), (16, 8, 64), (None, 8, 32)])
-def test_flex_attention_matches_eager(window, n_meta, Dv):
+@pytest.mark.parametrize("T,Hkv", [(131, 2), (73, 1)])  # (73, 1) failed to lower before padding
+def test_flex_attention_matches_eager(window, n_meta, Dv, T, Hkv):
     from ablate.ops import attention as attn
 
-    T = 131
     q = torch.randn(2, 4, T, 32, device="cuda", requires_grad=True)
-    k = torch.randn(2, 2, T, 32, device="cuda", requires_grad=True)
-    v = torch.randn(2, 2, T, Dv, device="cuda", requires_grad=True)
+    k = torch.randn(2, Hkv, T, 32, device="cuda", requires_grad=True)
+    v = torch.randn(2, Hkv, T, Dv, device="cuda", requires_grad=True)
     pos = torch.arange(T, device="cuda")
     out = attn.attention(q, k, v, pos, pos, window, n_meta, impl="flex")
     ref = attn.attention(q.double(), k.double(), v.double(), pos, pos, window, n_meta, impl="eager")
@@ -111,15 +111,15 @@ def test_graphed_decoding_matches_eager_decoding(variant):
     assert torch.equal(graphed, eager)
 
 
-# Only mamba2 here: with hymba and samba at these tiny shapes (T=70-73, head dim 32, one KV head),
-# flex attention's backward failed to lower inside this test (inductor NoValidChoicesError, torch
-# 2.11, H100), in fp32 and bf16 alike; open, see benchmarks/NOTES.md. The compiled hybrids run at the benchmark
-# shapes (benchmarks/RESULTS.md).
-@pytest.mark.parametrize("variant", ["mamba2"])
+@pytest.mark.parametrize("variant", ["mamba2", "hymba", "samba"])
 def test_compiled_blocks_match_eager_forward_and_backward(variant):
     """torch.compile of each block (the scan kernel called as it is, the chunked SSD and the rest
-    compiled) gives the eager model's logits and gradients under bf16 autocast, as training runs;
-    decoding still uses the eager blocks."""
+    compiled) is as close to the fp32 model as the eager model is, in logits and gradients under
+    bf16 autocast (as training runs); decoding still uses the eager blocks.
+
+    Compiled and eager bf16 differ from each other by bf16 rounding (fused kernels keep
+    intermediates in fp32; measured 2.6% on Mamba-2's gradients), so each is compared with the
+    fp32 eager model, and the compiled one may not be more than 1.5x further from it."""
     from ablate.config import load_variant
     from ablate.model import LM
     from ablate.ops.backends import resolve
@@ -132,18 +132,19 @@ def test_compiled_blocks_match_eager_forward_and_backward(variant):
     eager.load_state_dict(fast.state_dict())
     g = torch.Generator(device="cuda").manual_seed(0)
     tokens = torch.randint(0, cfg.size.vocab_size, (2, 70), device="cuda", generator=g)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        outs = [m(tokens).logits.float() for m in (fast, eager)]
-    assert rel_err(outs[0], outs[1]) < 2e-2
-    grads = [torch.autograd.grad(o.square().mean(), list(m.parameters())) for o, m in zip(outs, (fast, eager),
-                                                                                           strict=True)]
-    # The compiled kernels keep fused intermediates in fp32 where eager rounds them to bf16, so
-    # the two differ by bf16 noise: within 2% over all gradients, and 10% on any one parameter
-    # (the 8-element per-head vectors, whose gradients are ~1e-5, measured up to 5.3%).
-    flat = [torch.cat([x.flatten() for x in gs]) for gs in grads]
-    assert rel_err(flat[0], flat[1]) < 2e-2
-    for a, b in zip(*grads, strict=True):
-        assert rel_err(a, b) < 1e-1
+
+    def logits_and_grads(model, bf16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(tokens).logits.float()
+        grads = torch.autograd.grad(logits.square().mean(), list(model.parameters()))
+        return logits, torch.cat([x.flatten() for x in grads])
+
+    ref_logits, ref_grads = logits_and_grads(eager, bf16=False)
+    fast_logits, fast_grads = logits_and_grads(fast, bf16=True)
+    eager_logits, eager_grads = logits_and_grads(eager, bf16=True)
+    for f, e, r in ((fast_logits, eager_logits, ref_logits), (fast_grads, eager_grads, ref_grads)):
+        assert rel_err(e, r) < 5e-2  # bf16 autocast itself stays close to fp32
+        assert rel_err(f, r) < 1.5 * rel_err(e, r) + 1e-3, (rel_err(f, r), rel_err(e, r))
     cache = fast.new_cache(5)
     with torch.no_grad():
         assert rel_err(fast(tokens[:, :5], cache).logits, eager(tokens[:, :5]).logits) < 1e-3

@@ -4,6 +4,11 @@ decoding over a trimmed cache goes through SDPA with an explicit mask.
 
 FlexAttention wants equal q/k and v head dims, so a wider V (Hymba: 2x) is processed in slices of
 the q/k head dim and concatenated, as the released Hymba code does.
+
+Sequences are padded to a multiple of 128 positions: with grouped KV heads and a length that is
+not one (T=70-73 with one KV head, say), torch 2.11's inductor finds no kernel to lower flex
+attention to (NoValidChoicesError), compiled block or not. Padded keys come after every real
+query, so the causal mask hides them; padded queries are dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+PAD_TO = 128
 
 
 @functools.cache
@@ -39,9 +47,14 @@ def block_mask(T: int, window: int | None, n_meta: int, device: str):
 @torch.compiler.disable  # a compiled block calls this as it is: own compiled kernel, cached block mask
 def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
-    mask = block_mask(q.shape[2], window, n_meta, str(q.device))
+    T = q.shape[2]
+    padded = -(-T // PAD_TO) * PAD_TO
+    if padded != T:
+        q, k, v = (F.pad(t, (0, 0, 0, padded - T)) for t in (q, k, v))
+    mask = block_mask(padded, window, n_meta, str(q.device))
     flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
     parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return out[:, :, :T]
