@@ -4,6 +4,7 @@ the GPU it ran on.
 
 Sections:
   scan       Mamba-1 selective scan fwd+bwd: ours (Triton) vs mamba-ssm CUDA vs the torch loop
+  conv       causal depthwise conv + SiLU fwd+bwd: ours (Triton) vs torch F.conv1d vs causal-conv1d
   attention  global causal SDPA vs flex (window + always-visible meta prefix) vs masked SDPA
   layer      our parallel hybrid layer vs the same layer assembled from mamba-ssm Mamba + SDPA
   model      training tokens/s and MFU of every core variant at ~125M and ~350M, bf16, seq 2048
@@ -12,6 +13,7 @@ Sections:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import platform
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ("scan", "attention", "layer", "model", "inference")
+SECTIONS = ("scan", "conv", "attention", "layer", "model", "inference")
 # bf16 dense peak used for MFU (H100 SXM datasheet); H200 has the same compute peak.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}
 
@@ -89,6 +91,34 @@ def bench_scan(rows: list[dict], **_) -> None:
             print(rows[-1], flush=True)
         del x
         torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+def bench_conv(rows: list[dict], **_) -> None:
+    from ablate.ops.conv1d import reference
+    from ablate.ops.conv1d import triton as tconv
+
+    B, C, T, K = 8, 1536, 2048, 4
+    # as the Mamba mixer passes it: a channels-contiguous view of the token-major projection
+    x = torch.randn(B, T, C, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+    w = torch.randn(C, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    impls = {"ours (triton)": tconv.causal_conv1d, "torch F.conv1d": reference.causal_conv1d}
+    try:
+        from causal_conv1d import causal_conv1d_fn
+
+        impls["causal-conv1d CUDA"] = lambda x, w, b, silu: causal_conv1d_fn(x, w, b, activation="silu")
+    except ImportError as err:
+        print(f"causal-conv1d not importable ({err}); its row is skipped", file=sys.stderr)
+    for name, fn in impls.items():
+        def call(fn=fn):
+            return fn(x, w, bias, True)
+
+        rows.append({"section": "conv", "case": f"B={B} C={C} T={T} K={K} bf16, SiLU", "impl": name,
+                     "fwd_ms": median_ms(call), "fwd_bwd_ms": median_ms(fwd_bwd(call, [x, w, bias]))})
+        print(rows[-1], flush=True)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -168,9 +198,14 @@ def bench_layer(rows: list[dict], **_) -> None:
         ours = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), resolve("auto", "cuda")).cuda().bfloat16()
         # the same layer with mamba-ssm's scan: separates the layer's design from the scan kernel
         ours_cuda = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), resolve("cuda", "cuda")).cuda().bfloat16()
+        # and with torch's conv, which inductor lowers itself (ours is called as it is: a graph break)
+        torch_conv = dataclasses.replace(resolve("auto", "cuda"), conv1d="torch")
+        ours_tconv = Hybrid(cfg, LayerSpec(0, "hybrid", window=window), torch_conv).cuda().bfloat16()
+        ours_tconv.load_state_dict(ours.state_dict())
         assembled = AssembledHybrid(d, H, kv, 16, window, meta).cuda().bfloat16()
         label = "global" if window is None else f"window {window}"
         compiled, compiled_cuda = torch.compile(ours), torch.compile(ours_cuda)
+        compiled_tconv = torch.compile(ours_tconv)
 
         def ours_call(module):
             return lambda: module(x, Context(pos=pos, n_meta=meta)).y
@@ -179,6 +214,7 @@ def bench_layer(rows: list[dict], **_) -> None:
             ("ours (Hybrid, triton scan)", ours, ours_call(ours)),
             ("ours, compiled (triton scan)", ours, ours_call(compiled)),
             ("ours, compiled (mamba-ssm scan)", ours_cuda, ours_call(compiled_cuda)),
+            ("ours, compiled (triton scan, torch conv)", ours_tconv, ours_call(compiled_tconv)),
             ("mamba-ssm Mamba + SDPA/flex", assembled, lambda layer=assembled: layer(x)),
         ):
             params = sum(p.numel() for p in layer.parameters())

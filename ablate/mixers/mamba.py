@@ -49,6 +49,7 @@ class MambaSSM(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if cfg.dt_rank == "auto" else cfg.dt_rank
         self.in_dim = 2 * d_inner  # x | z
         self.impl = backends.scan
+        self.conv_impl = backends.conv1d
         self.conv = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, bias=cfg.conv_bias)
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
@@ -77,11 +78,11 @@ class MambaSSM(nn.Module):
         cache = ctx.cache
         w = self.conv.weight.squeeze(1)
         if cache is None:
-            x = causal_conv1d(x, w, self.conv.bias)
+            x = causal_conv1d(x, w, self.conv.bias, impl=self.conv_impl)
         elif stepping(cache, x.shape[-1]):  # decoding one token: shift the conv state in place
             x = conv_step(cache.conv, x[..., 0], w, self.conv.bias)[..., None]
         else:
-            x, conv_state = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv,
+            x, conv_state = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv, impl=self.conv_impl,
                                           return_final_state=True)
             cache.store("conv", conv_state)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split(

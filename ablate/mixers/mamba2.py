@@ -43,6 +43,7 @@ class Mamba2SSM(nn.Module):
         self.conv_dim = d_inner + 2 * self.bc_dim
         self.in_dim = d_inner + self.conv_dim + self.n_heads  # z | xBC | dt
         self.impl = backends.ssd
+        self.conv_impl = backends.conv1d
         self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim)
         self.dt_bias = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
         self.A_log = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
@@ -66,11 +67,11 @@ class Mamba2SSM(nn.Module):
         w, cache = self.conv.weight.squeeze(1), ctx.cache
         xBC = xBC.transpose(1, 2)
         if cache is None:
-            xBC = causal_conv1d(xBC, w, self.conv.bias)
+            xBC = causal_conv1d(xBC, w, self.conv.bias, impl=self.conv_impl)
         elif stepping(cache, xBC.shape[-1]):  # decoding one token: shift the conv state in place
             xBC = conv_step(cache.conv, xBC[..., 0], w, self.conv.bias)[..., None]
         else:
-            xBC, conv_state = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv,
+            xBC, conv_state = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv, impl=self.conv_impl,
                                             return_final_state=True)
             cache.store("conv", conv_state)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.bc_dim, self.bc_dim], dim=-1)

@@ -69,4 +69,5 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         scan = "triton"
     else:
         scan = "loop"
-    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa", compile=compiled)
+    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa",
+                    conv1d="triton" if have["triton"] else "torch", compile=compiled)
