@@ -100,3 +100,27 @@ def test_every_kind_of_variant_trains(tmp_path, variant):
     record = train(tiny_mqar(tmp_path, variant=variant, steps=10, every=5, extra=extra), tmp_path / variant)
     assert record["variant"] == variant
     assert record["status"] == "finished" and record["metrics"]["val/loss"] > 0
+
+
+def test_throughput_counts_timed_steps_and_leaves_validation_out():
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from ablate.train.run import Throughput
+
+    module = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(world_size=1, sanity_checking=False)
+    batch = (torch.zeros(2, 8),)
+    meter = Throughput(skip=1)
+    for step in range(3):
+        time.sleep(0.02)
+        meter.on_train_batch_end(trainer, module, None, batch, step)
+        if step == 1:  # a slow validation between steps is not training time
+            meter.on_validation_start(trainer, module)
+            time.sleep(0.3)
+            meter.on_validation_end(trainer, module)
+    meter.on_train_end(trainer, module)
+    assert meter.tokens == 2 * 16  # the steps after the skipped one
+    assert 0.03 < meter.seconds < 0.2
