@@ -36,6 +36,19 @@ def stepping(cache, T: int) -> bool:
     return cache is not None and cache.ssm is not None and T == 1
 
 
+def cached_conv(x: Tensor, conv: nn.Conv1d, cache, impl: str) -> Tensor:
+    """Causal depthwise conv + SiLU over x (B, C, T). With a cache it continues from the cache's
+    conv state and updates it (in place for a single decoding step)."""
+    w = conv.weight.squeeze(1)
+    if cache is None:
+        return causal_conv1d(x, w, conv.bias, impl=impl)
+    if stepping(cache, x.shape[-1]):
+        return conv_step(cache.conv, x[..., 0], w, conv.bias)[..., None]
+    y, state = causal_conv1d(x, w, conv.bias, initial_state=cache.conv, return_final_state=True, impl=impl)
+    cache.store("conv", state)
+    return y
+
+
 def inverse_softplus_dt(n: int, dt_min: float, dt_max: float) -> Tensor:
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
     return dt + torch.log(-torch.expm1(-dt))
@@ -75,16 +88,7 @@ class MambaSSM(nn.Module):
     def prepare(self, u: Tensor, ctx: Context):
         """(B, T, 2*d_inner) -> x (B, D, T) after conv, z (B, D, T), dt (B, D, T), B, C (B, N, T)."""
         x, z = u.transpose(1, 2).split(self.d_inner, dim=1)
-        cache = ctx.cache
-        w = self.conv.weight.squeeze(1)
-        if cache is None:
-            x = causal_conv1d(x, w, self.conv.bias, impl=self.conv_impl)
-        elif stepping(cache, x.shape[-1]):  # decoding one token: shift the conv state in place
-            x = conv_step(cache.conv, x[..., 0], w, self.conv.bias)[..., None]
-        else:
-            x, conv_state = causal_conv1d(x, w, self.conv.bias, initial_state=cache.conv, impl=self.conv_impl,
-                                          return_final_state=True)
-            cache.store("conv", conv_state)
+        x = cached_conv(x, self.conv, ctx.cache, self.conv_impl)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)
         if self.cfg.inner_norms:

@@ -21,10 +21,9 @@ from torch import Tensor, nn
 from ablate.config import Mamba2Config, ModelConfig
 from ablate.layers import RMSNorm, no_reinit, no_weight_decay
 from ablate.mixers.base import Context
-from ablate.mixers.mamba import SSMMixer, inverse_softplus_dt, stepping
+from ablate.mixers.mamba import SSMMixer, cached_conv, inverse_softplus_dt, stepping
 from ablate.ops import ssd as ssd_ops
 from ablate.ops.backends import Backends
-from ablate.ops.conv1d import causal_conv1d, conv_step
 from ablate.ops.ssd.reference import expand_groups
 from ablate.plan import LayerSpec
 from ablate.registry import MIXERS, register
@@ -64,16 +63,7 @@ class Mamba2SSM(nn.Module):
     def prepare(self, u: Tensor, ctx: Context):
         """-> x (B, T, H, P), z (B, T, d_inner), dt (B, T, H) positive, B, C (B, T, G, N)."""
         z, xBC, dt = u.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        w, cache = self.conv.weight.squeeze(1), ctx.cache
-        xBC = xBC.transpose(1, 2)
-        if cache is None:
-            xBC = causal_conv1d(xBC, w, self.conv.bias, impl=self.conv_impl)
-        elif stepping(cache, xBC.shape[-1]):  # decoding one token: shift the conv state in place
-            xBC = conv_step(cache.conv, xBC[..., 0], w, self.conv.bias)[..., None]
-        else:
-            xBC, conv_state = causal_conv1d(xBC, w, self.conv.bias, initial_state=cache.conv, impl=self.conv_impl,
-                                            return_final_state=True)
-            cache.store("conv", conv_state)
+        xBC = cached_conv(xBC.transpose(1, 2), self.conv, ctx.cache, self.conv_impl)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.bc_dim, self.bc_dim], dim=-1)
         G, N = self.cfg.n_groups, self.cfg.d_state
         x = x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
