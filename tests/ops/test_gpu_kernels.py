@@ -140,6 +140,27 @@ def test_graphed_decoding_matches_eager_decoding(variant):
     assert torch.equal(graphed, eager)
 
 
+@pytest.mark.parametrize("variant", ["llama", "mamba2", "hymba"])
+def test_compiled_graphed_step_matches_eager_step(variant):
+    """The decoding step compiled and captured gives the eager step's logits, token by token."""
+    from ablate.config import load_variant
+    from ablate.model import LM, GraphedStep
+    from ablate.ops.backends import resolve
+    from tests.conftest import tiny
+
+    model = LM(tiny(load_variant(variant).model), resolve("auto", "cuda")).cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    tokens = torch.randint(0, model.cfg.size.vocab_size, (2, 17), device="cuda", generator=g)
+    with torch.no_grad():
+        caches = [model.new_cache(17), model.new_cache(17)]
+        for cache in caches:
+            model(tokens[:, :11], cache)
+        step = GraphedStep(model, caches[1], 2, compile=True)
+        for t in range(11, 17):
+            eager = model(tokens[:, t : t + 1], caches[0]).logits[:, -1]
+            assert rel_err(step(tokens[:, t : t + 1]), eager) < 1e-4
+
+
 @pytest.mark.parametrize("variant", ["mamba2", "hymba", "samba"])
 def test_compiled_blocks_match_eager_forward_and_backward(variant):
     """torch.compile of each block (the scan kernel called as it is, the chunked SSD and the rest
