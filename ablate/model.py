@@ -63,6 +63,13 @@ class Cache:
         return [t for t in found if t is not None]
 
 
+def check_room(cache: Cache, n_meta: int, new: int) -> None:
+    held = cache.length - n_meta if cache.length else 0  # real tokens already in the cache
+    if held + new > cache.max_tokens:
+        raise ValueError(f"the decoding cache holds {cache.max_tokens} tokens and has {held}; {new} more do not fit "
+                         "(LM.new_cache(max_tokens))")
+
+
 @dataclass
 class LMOutput:
     logits: Tensor  # (B, T, vocab), meta positions removed
@@ -117,10 +124,8 @@ class LM(nn.Module):
         h = self.embed(tokens)
         start = 0 if cache is None else cache.length
         n_prefix = self.n_meta if start == 0 else 0
-        if cache is not None and start - self.n_meta * (start > 0) + tokens.shape[1] > cache.max_tokens:
-            raise ValueError(f"the decoding cache holds {cache.max_tokens} tokens and has "
-                             f"{start - self.n_meta * (start > 0)}; {tokens.shape[1]} more do not fit "
-                             "(LM.new_cache(max_tokens))")
+        if cache is not None:
+            check_room(cache, self.n_meta, tokens.shape[1])
         if n_prefix:
             h = torch.cat([self.meta.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
         pos = torch.arange(h.shape[1], device=h.device)
@@ -150,15 +155,18 @@ class LM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None, cuda_graph: bool | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, cuda_graph: bool | None = None,
+                 compile_step: bool = False) -> Tensor:
         """Greedy (temperature 0) or sampled continuation with the decoding cache; (B, T + new).
-        cuda_graph (default: on for CUDA inputs) replays each step as one captured graph."""
+        cuda_graph (default: on for CUDA inputs) replays each step as one captured graph;
+        compile_step also compiles the step first: 2-3.4x faster steps at 350M, but a minute or
+        two to build, again for every new prompt length, so for long generations only."""
         cache = self.new_cache(prompt.shape[1] + max_new_tokens)
         logits = self(prompt, cache).logits[:, -1]
         graphed = prompt.is_cuda if cuda_graph is None else cuda_graph
         step = None
-        if graphed and max_new_tokens > 1:  # compiled too with recipe.compile (minutes to build; 2-3.4x faster)
-            step = GraphedStep(self, cache, prompt.shape[0], compile=self.backends.compile)
+        if graphed and max_new_tokens > 1:
+            step = GraphedStep(self, cache, prompt.shape[0], compile=compile_step)
         out = [prompt]
         for i in range(max_new_tokens):
             if temperature > 0:
@@ -177,13 +185,14 @@ class GraphedStep:
 
     Eager decoding launches every op of every layer from Python (thousands of small kernels per
     token); a replay launches them all at once. The cache must be prefilled first: its tensors are
-    allocated then, and the step updates them in place. Each call advances the cache by one token.
+    allocated then, and the step updates them in place. Each call advances the cache by one token
+    and returns the same logits tensor, overwritten by the next call.
     """
 
     def __init__(self, model: LM, cache: Cache, batch: int, compile: bool = False):
         if cache.length == 0:
             raise ValueError("GraphedStep needs a prefilled cache (run the prompt through the model first)")
-        self.cache = cache
+        self.cache, self.n_meta = cache, model.n_meta
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=cache.next_pos.device)
         # compile=True first fuses the step's small ops with torch.compile (fewer kernels to replay)
         step = torch.compile(model, dynamic=False) if compile else model
@@ -202,6 +211,7 @@ class GraphedStep:
         cache.length = saved_length
 
     def __call__(self, tokens: Tensor) -> Tensor:
+        check_room(self.cache, self.n_meta, 1)  # a replay writes its slot without any check
         self.tokens.copy_(tokens)
         self.graph.replay()
         self.cache.length += 1

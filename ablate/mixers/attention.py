@@ -93,7 +93,7 @@ class AttentionHeads(nn.Module):
             n_meta_here = 0
         pos, T = ctx.pos, k.shape[2]
         if T - n_meta_here > ring:  # window layer: older entries fall out of every later window
-            pick = torch.cat([torch.arange(n_meta_here), torch.arange(T - ring, T)]).to(k.device)
+            pick = torch.cat([torch.arange(n_meta_here, device=k.device), torch.arange(T - ring, T, device=k.device)])
             k, v, pos = k[:, :, pick], v[:, :, pick], pos[pick]
         slots = cache_slot(pos, self.window, ctx.n_meta, ring)
         cache.k.index_copy_(2, slots, k)
