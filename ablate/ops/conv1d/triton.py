@@ -14,8 +14,8 @@ recomputes pre at the K shifted positions each output step needs, so no intermed
 
     dpre[t] = dy[t] * silu'(pre[t]),   dx[t] = sum_k weight[k] dpre[t + (K-1) - k]
 
-and adds its share of dweight and dbias with atomics, once per program. The state's gradient (K-1 steps) is
-finished in torch from the first steps' dpre.
+and adds its share of dweight and dbias with atomics, once per program. The state's gradient
+(K-1 steps) is finished in torch from the first steps' dpre.
 """
 
 from __future__ import annotations
