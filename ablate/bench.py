@@ -247,14 +247,14 @@ def core_model(name: str, size: str):
     return cfg
 
 
-def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), batch: int = 8,
+def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), variants=CORE, batch: int = 8,
                 seq: int = 2048, **_) -> None:
     from ablate.model import LM
     from ablate.ops.backends import resolve
     from ablate.sizing import count_params, train_flops_per_token
 
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name()), None)
-    for size, name, compile in itertools.product(sizes, CORE, compile_modes):
+    for size, name, compile in itertools.product(sizes, variants, compile_modes):
         cfg = core_model(name, size)
         model = LM(cfg, resolve("auto", "cuda", compile)).cuda()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -283,25 +283,34 @@ def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), bat
 # ----------------------------------------------------------------------------- inference
 
 
-def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, **_) -> None:
+def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, variants=CORE,
+                    decode_compile: bool = False, **_) -> None:
+    """Decoding eager and replayed as a CUDA graph; with decode_compile also compiled before
+    capture (a minute or two per variant to build, reported)."""
     from ablate.model import LM, GraphedStep
     from ablate.ops.backends import resolve
     from ablate.sizing import cache_bytes
 
-    for name in CORE:
+    modes = ("eager", "graph", "graph_compiled") if decode_compile else ("eager", "graph")
+    for name in variants:
         cfg = core_model(name, "350M")
         model = LM(cfg, resolve("auto", "cuda")).cuda().bfloat16().eval()
         prompt = torch.randint(0, cfg.size.vocab_size, (1, context), device="cuda")
         with torch.no_grad():
             prefill_ms = median_ms(lambda model=model, p=prompt: model(p, model.new_cache(context + new)),
                                    warmup=500, rep=2000)
-            speeds = {}
-            for mode in ("eager", "graph"):
+            speeds, built_s = {}, None
+            for mode in modes:
                 cache = model.new_cache(context + new)
                 nxt = model(prompt, cache).logits[:, -1].argmax(-1, keepdim=True)
                 measured = cache.nbytes()  # allocated at the prefill for context + new tokens
-                step = GraphedStep(model, cache, 1) if mode == "graph" else (
-                    lambda t, model=model, cache=cache: model(t, cache).logits[:, -1])
+                t0 = time.perf_counter()
+                if mode == "eager":
+                    step = lambda t, model=model, cache=cache: model(t, cache).logits[:, -1]  # noqa: E731
+                else:
+                    step = GraphedStep(model, cache, 1, compile=mode == "graph_compiled")
+                if mode == "graph_compiled":
+                    built_s = time.perf_counter() - t0
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 for _ in range(new):
@@ -310,7 +319,8 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, **_) -
                 speeds[mode] = new / (time.perf_counter() - t0)
         rows.append({"section": "inference", "case": f"350M bf16 B=1 context={context} +{new}", "impl": name,
                      "prefill_tok_s": context / (prefill_ms / 1e3), "decode_tok_s": speeds["graph"],
-                     "decode_eager_tok_s": speeds["eager"], "cache_MB_measured": measured / 1e6,
+                     "decode_eager_tok_s": speeds["eager"], "decode_compiled_tok_s": speeds.get("graph_compiled"),
+                     "compiled_step_build_s": built_s, "cache_MB_measured": measured / 1e6,
                      "cache_MB_analytic": cache_bytes(cfg, context + new, "bf16")["total"] / 1e6})
         print(rows[-1], flush=True)
         del model, cache, step
@@ -343,7 +353,8 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
 
 
 def run(sections: list[str], out: Path, **options) -> list[dict]:
-    """options (model section): sizes, compile_modes."""
+    """options: sizes, compile_modes (model section), variants (model, inference), decode_compile
+    (inference)."""
     if not torch.cuda.is_available():
         raise SystemExit("ablate bench needs a CUDA GPU")
     rows: list[dict] = []

@@ -66,7 +66,12 @@ def _bench(args) -> int:
     modes = args.compile.split(",")
     if set(modes) - {"on", "off"}:
         raise ConfigError(f"--compile: got {args.compile!r}; allowed: a comma list of on, off")
-    bench.run(sections, Path(args.out), sizes=sizes, compile_modes=modes)
+    variants = args.variants.split(",") if args.variants else list(bench.CORE)
+    unknown = sorted(set(variants) - set(bench.CORE))
+    if unknown:
+        raise ConfigError(f"--variants: unknown {unknown}; allowed: {', '.join(bench.CORE)}")
+    bench.run(sections, Path(args.out), sizes=sizes, compile_modes=modes, variants=variants,
+              decode_compile=args.decode_compile)
     return 0
 
 
@@ -89,10 +94,15 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("bench", help="GPU benchmarks (ops, layer, model, inference) into a results file")
-    p.add_argument("--sections", help="comma list of: scan, attention, layer, model, inference (default all)")
+    p.add_argument("--sections", help="comma list of sections: scan, conv, attention, layer, model, "
+                   "inference (default all)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
     p.add_argument("--sizes", default="125M,350M", help="model section: comma list of 125M, 350M")
     p.add_argument("--compile", default="on", help="model section: torch.compile blocks: on, off or off,on")
+    p.add_argument("--variants", help="model and inference sections: comma list of core variants "
+                   "(default all; a wrong name lists them)")
+    p.add_argument("--decode-compile", action="store_true",
+                   help="inference section: also time the decoding step compiled before capture (minutes per variant)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("table", help="results table (markdown, CSV) and recall-vs-cache plot")
