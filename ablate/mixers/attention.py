@@ -104,7 +104,8 @@ class AttentionHeads(nn.Module):
     def _ring(self, cache: LayerCache) -> int:
         """Non-meta slots: every position a global layer may hold, window - 1 in a window layer."""
         if cache.max_tokens is None:
-            raise ValueError("decoding needs a cache that knows its size: LM.new_cache(max_tokens) or LayerCache(max_tokens)")
+            raise ValueError("decoding needs a cache that knows its size: "
+                             "LM.new_cache(max_tokens) or LayerCache(max_tokens)")
         return cache.max_tokens if self.window is None else min(self.window - 1, cache.max_tokens)
 
     @staticmethod
