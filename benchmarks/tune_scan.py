@@ -1,7 +1,9 @@
 """Time the Triton selective scan over tile shapes (GPU), forward and backward separately.
 
 Usage: python benchmarks/tune_scan.py [--L 2048] SHAPE ...
-  SHAPE is BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_CHUNK,BWD_WARPS (BWD_CHUNK a multiple of CHUNK).
+  SHAPE is BLOCK_D,CHUNK,WARPS,gS,BWD_WARPS for the Gluon backward (S steps per thread), or
+  BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_CHUNK,BWD_WARPS for the plain Triton one (BWD_CHUNK a multiple
+  of CHUNK).
 Each shape compiles for ~20 s. Every shape's output and gradients are compared with mamba-ssm's
 CUDA kernel when it is installed (relative error; both run bf16 inputs with fp32 arithmetic).
 """
@@ -17,7 +19,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--L", type=int, default=2048)
 parser.add_argument("--compile-only", action="store_true",
                     help="run each shape once (fills Triton's cache; start several in parallel, then time)")
-parser.add_argument("shapes", nargs="*", default=["{BLOCK_D},{CHUNK},{fwd_warps},{bwd_BLOCK_D},{bwd_CHUNK},{bwd_warps}"
+parser.add_argument("shapes", nargs="*", default=["{BLOCK_D},{CHUNK},{fwd_warps},g{bwd_steps_per_thread},{bwd_warps}"
                                                    .format(**tscan.CONFIG)])
 args = parser.parse_intermixed_args()
 
@@ -36,8 +38,13 @@ def timed(fn):
 
 
 def use_shape(shape: str) -> None:
-    bd, ch, wf, bbd, bch, wb = map(int, shape.split(","))
-    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_BLOCK_D=bbd, bwd_CHUNK=bch, bwd_warps=wb)
+    fields = shape.split(",")
+    bd, ch, wf = map(int, fields[:3])
+    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_warps=int(fields[-1]))
+    if fields[3].startswith("g"):
+        tscan.CONFIG.update(bwd="gluon", bwd_steps_per_thread=int(fields[3][1:]))
+    else:
+        tscan.CONFIG.update(bwd="triton", bwd_BLOCK_D=int(fields[3]), bwd_CHUNK=int(fields[4]))
 
 
 def rel(a, b):

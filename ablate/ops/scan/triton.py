@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ablate.ops.scan import gluon_bwd
+
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
@@ -192,7 +194,9 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt
 
 
 # Tile shape: channels per program, steps per chunk, warps (fwd, bwd); see benchmarks/NOTES.md.
-CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "fwd_warps": 4, "bwd_BLOCK_D": 1, "bwd_CHUNK": 128, "bwd_warps": 1}
+# bwd "gluon": gluon_bwd.py, chunks of 32 lanes x bwd_steps_per_thread steps, one channel per warp.
+CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "fwd_warps": 4, "bwd": "gluon", "bwd_steps_per_thread": 4,
+          "bwd_BLOCK_D": 1, "bwd_CHUNK": 128, "bwd_warps": 1}
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -218,13 +222,8 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT):
         u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
-        # the backward's chunk is a whole number of the forward's (a checkpoint at each chunk start)
-        BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], CONFIG["bwd_CHUNK"]
-        if CHUNK % ctx.chunk:
-            raise ValueError(f"scan CONFIG: bwd_CHUNK={CHUNK} must be a multiple of the forward's CHUNK={ctx.chunk}")
         batch, dim, T = u.shape
         N = A.shape[1]
-        n_dblocks = triton.cdiv(dim, BLOCK_D)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
@@ -232,12 +231,25 @@ class _SelectiveScan(torch.autograd.Function):
         dC32 = u.new_zeros(batch, N, T, dtype=torch.float32)
         dD_part = u.new_empty(batch, dim, dtype=torch.float32)
         dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
-        _bwd_kernel[(batch, n_dblocks)](
-            u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
-            dhT.contiguous() if dhT is not None else None,
-            du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2],
-            N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, CKPT_STRIDE=CHUNK // ctx.chunk, SOFTPLUS=ctx.softplus,
-            num_warps=CONFIG["bwd_warps"])
+        args = (u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
+                dhT.contiguous() if dhT is not None else None,
+                du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2])
+        warps = CONFIG["bwd_warps"]
+        if CONFIG["bwd"] == "gluon":
+            steps = CONFIG["bwd_steps_per_thread"]
+            chunk = gluon_bwd.LANES * steps
+            gluon_bwd._bwd_kernel[(batch, triton.cdiv(dim, warps))](
+                *args, N=N, S=steps, LOG_S=steps.bit_length() - 1, W=warps, CKPT_STRIDE=chunk // ctx.chunk,
+                SOFTPLUS=ctx.softplus, num_warps=warps)
+        else:
+            # the backward's chunk is a whole number of the forward's (a checkpoint at each chunk start)
+            BLOCK_D, CHUNK = CONFIG["bwd_BLOCK_D"], CONFIG["bwd_CHUNK"]
+            if CHUNK % ctx.chunk:
+                raise ValueError(f"scan CONFIG: bwd_CHUNK={CHUNK} must be a multiple of the forward's "
+                                 f"CHUNK={ctx.chunk}")
+            _bwd_kernel[(batch, triton.cdiv(dim, BLOCK_D))](
+                *args, N=N, BLOCK_D=BLOCK_D, CHUNK=CHUNK, CKPT_STRIDE=CHUNK // ctx.chunk, SOFTPLUS=ctx.softplus,
+                num_warps=warps)
         dB, dC = dB32.to(B.dtype), dC32.to(C.dtype)
         dA = dA_part.sum(0)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
