@@ -1,6 +1,6 @@
 """Compile the Triton scan kernels for sm_90 without a GPU and count their instructions.
 
-Usage: python benchmarks/inspect_scan.py fwd|bwd BLOCK_D CHUNK WARPS
+Usage: python benchmarks/inspect_scan.py fwd|bwd STEPS_PER_THREAD WARPS
 Prints registers/stack from cuobjdump and the most frequent SASS instructions per source line of
 ablate/ops/scan/triton.py (the numbers behind benchmarks/NOTES.md). Needs triton installed; uses
 the ptxas, cuobjdump and nvdisasm that ship with it.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
 from ablate.ops.scan import triton as tscan
 
@@ -24,10 +24,8 @@ FP32_ARGS = {"A_ptr", "D_ptr", "bias_ptr", "h0_ptr", "hT_ptr", "ckpt_ptr", "dhT_
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def compile_for_hopper(kernel, block_d: int, chunk: int, warps: int):
-    consts = {"N": 16, "BLOCK_D": block_d, "CHUNK": chunk, "SOFTPLUS": True}
-    if "CKPT_STRIDE" in kernel.arg_names:  # backward: its chunks as long as the forward's
-        consts["CKPT_STRIDE"] = 1
+def compile_for_hopper(kernel, steps: int, warps: int):
+    consts = {"N": 16, "S": steps, "LOG_S": steps.bit_length() - 1, "W": warps, "SOFTPLUS": True}
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
@@ -38,14 +36,14 @@ def compile_for_hopper(kernel, block_d: int, chunk: int, warps: int):
             sig[name] = "*fp32" if name in FP32_ARGS else "*bf16"
     # what the JIT sees at the benchmark shape: aligned pointers, T and D divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if sig[n] != "constexpr"}
-    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+    src = GluonASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
 def main() -> None:
-    which, block_d, chunk, warps = sys.argv[1], *map(int, sys.argv[2:5])
+    which, steps, warps = sys.argv[1], *map(int, sys.argv[2:4])
     kernel = {"fwd": tscan._fwd_kernel, "bwd": tscan._bwd_kernel}[which]
-    compiled = compile_for_hopper(kernel, block_d, chunk, warps)
+    compiled = compile_for_hopper(kernel, steps, warps)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
     usage = subprocess.run([BIN / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout

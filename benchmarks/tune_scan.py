@@ -1,9 +1,8 @@
 """Time the Triton selective scan over tile shapes (GPU), forward and backward separately.
 
 Usage: python benchmarks/tune_scan.py [--L 2048] SHAPE ...
-  SHAPE is BLOCK_D,CHUNK,WARPS,gS,BWD_WARPS for the Gluon backward (S steps per thread), or
-  BLOCK_D,CHUNK,WARPS,BWD_BLOCK_D,BWD_CHUNK,BWD_WARPS for the plain Triton one (BWD_CHUNK a multiple
-  of CHUNK).
+  SHAPE is STEPS,FWD_WARPS,BWD_WARPS: steps per thread (a chunk is 32x that, in both kernels) and
+  warps (channels per program) of the forward and backward kernels.
 Each shape compiles for ~20 s. Every shape's output and gradients are compared with mamba-ssm's
 CUDA kernel when it is installed (relative error; both run bf16 inputs with fp32 arithmetic).
 """
@@ -19,8 +18,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--L", type=int, default=2048)
 parser.add_argument("--compile-only", action="store_true",
                     help="run each shape once (fills Triton's cache; start several in parallel, then time)")
-parser.add_argument("shapes", nargs="*", default=["{BLOCK_D},{CHUNK},{fwd_warps},g{bwd_steps_per_thread},{bwd_warps}"
-                                                   .format(**tscan.CONFIG)])
+DEFAULT = "{steps_per_thread},{fwd_warps},{bwd_warps}".format(**tscan.CONFIG)
+parser.add_argument("shapes", nargs="*", default=[DEFAULT])
 args = parser.parse_intermixed_args()
 
 x = scan_case(8, 1536, args.L, 16)
@@ -38,13 +37,8 @@ def timed(fn):
 
 
 def use_shape(shape: str) -> None:
-    fields = shape.split(",")
-    bd, ch, wf = map(int, fields[:3])
-    tscan.CONFIG.update(BLOCK_D=bd, CHUNK=ch, fwd_warps=wf, bwd_warps=int(fields[-1]))
-    if fields[3].startswith("g"):
-        tscan.CONFIG.update(bwd="gluon", bwd_steps_per_thread=int(fields[3][1:]))
-    else:
-        tscan.CONFIG.update(bwd="triton", bwd_BLOCK_D=int(fields[3]), bwd_CHUNK=int(fields[4]))
+    steps, fwd_warps, bwd_warps = map(int, shape.split(","))
+    tscan.CONFIG.update(steps_per_thread=steps, fwd_warps=fwd_warps, bwd_warps=bwd_warps)
 
 
 def rel(a, b):

@@ -31,11 +31,8 @@ def scan_inputs(B, D, T, N, dtype, seed):
                 delta_bias=(0.1 * torch.randn(D, device="cuda", generator=g)).requires_grad_())
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
-                         ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("T", [1, 31, 100, 257])
-@pytest.mark.parametrize("with_state", [False, True])
-def test_triton_scan_matches_reference(dtype, tol, T, with_state):
+def check_triton_scan(dtype, tol, T, with_state):
+    """Output, final state and every gradient of the Triton scan against the float64 reference."""
     from ablate.ops.scan import triton as tscan
 
     x = scan_inputs(2, 37, T, 16, dtype, seed=T * 7 + with_state)
@@ -58,6 +55,26 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
             assert a.abs().max() < 1e-5, (name, a.abs().max())
         else:
             assert rel_err(a, b) < tol * 5, (name, rel_err(a, b))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)],
+                         ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("T", [1, 31, 100, 257])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_triton_scan_matches_reference(dtype, tol, T, with_state):
+    check_triton_scan(dtype, tol, T, with_state)
+
+
+# other tile shapes: several channels per program (37 is not a multiple of 2 or 4), one step per
+# thread (no in-register flips), long chunks
+@pytest.mark.parametrize("shape", [(4, 2, 2), (1, 1, 1), (16, 4, 1)], ids=["4-2-2", "1-1-1", "16-4-1"])
+@pytest.mark.parametrize("T", [100, 257])
+def test_triton_scan_other_tile_shapes(shape, T, monkeypatch):
+    from ablate.ops.scan import triton as tscan
+
+    for key, value in zip(("steps_per_thread", "fwd_warps", "bwd_warps"), shape, strict=True):
+        monkeypatch.setitem(tscan.CONFIG, key, value)
+    check_triton_scan(torch.float32, 1e-4, T, with_state=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
