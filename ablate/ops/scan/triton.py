@@ -198,6 +198,27 @@ def _channels(D, W: gl.constexpr, N: gl.constexpr, L2: gl.constexpr, LS: gl.cons
 
 
 @gluon.jit
+def _pick(x, j, K: gl.constexpr, layout: gl.constexpr):
+    """A (W, K) tile in `layout` whose every element is x[:, j]; x is (W, M) with one value per
+    lane, in `layout` too (a shuffle: no reduction across lanes)."""
+    W: gl.constexpr = x.shape[0]
+    index = gl.zeros([W, K], gl.int32, layout) + j
+    return gl.convert_layout(gl.gather(x, index, 1), layout, assert_trivial=True)
+
+
+@gluon.jit
+def _add_carried(x_cum, a_cum, h, L2: gl.constexpr, L3: gl.constexpr):
+    """x_cum + a_cum * h over a (W, CHUNK) tile; h is (W, 32) with the same value in every lane."""
+    W: gl.constexpr = x_cum.shape[0]
+    CHUNK: gl.constexpr = x_cum.shape[1]
+    S: gl.constexpr = CHUNK // LANES
+    x3 = gl.convert_layout(gl.reshape(x_cum, [W, LANES, S]), L3, assert_trivial=True)
+    a3 = gl.convert_layout(gl.reshape(a_cum, [W, LANES, S]), L3, assert_trivial=True)
+    h3 = gl.convert_layout(h, gl.SliceLayout(2, L3), assert_trivial=True)[:, :, None]
+    return gl.convert_layout(gl.reshape(x3 + a3 * h3, [W, CHUNK]), L2, assert_trivial=True)
+
+
+@gluon.jit
 def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                 out_ptr, hT_ptr, ckpt_ptr, T, D, n_chunks,
                 N: gl.constexpr, S: gl.constexpr, LOG_S: gl.constexpr, W: gl.constexpr, SOFTPLUS: gl.constexpr):
@@ -209,7 +230,6 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
     LS: gl.constexpr = _lanes_layout(W)  # (W, N)
     ROW: gl.constexpr = gl.SliceLayout(1, L2)
     STEP: gl.constexpr = gl.SliceLayout(0, L2)
-    ROW_S: gl.constexpr = gl.SliceLayout(1, LS)
     b = gl.program_id(0)
     offs_d, md, offs_ds, mds, cols, state_off = _channels(D, W, N, L2, LS)
     if h0_ptr is not None:
@@ -234,10 +254,10 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
         for n in range(N):
             A_next, B_next, C_next = _state_inputs(A_ptr, B_ptr, C_ptr, b, n + 1, offs_d, md, offs_t, mt, T, N)
             a_cum, x_cum = gl.associative_scan((gl.exp(dt * A_n[:, None]), dtu * B_n[None, :]), 1, _combine)
-            hs = x_cum + a_cum * gl.convert_layout(_column(h, cols, n), ROW)[:, None]
+            # the carried state and the chunk's last one move between lanes by shuffles, not reductions
+            hs = _add_carried(x_cum, a_cum, _pick(h, n, LANES, LS), L2, L3)
             y += hs * C_n[None, :]
-            h_last = gl.convert_layout(_lane(_segment_ends(hs, L3, LOG_S), LANES - 1), ROW_S)
-            h_next = gl.where(cols[None, :] == n, h_last[:, None], h_next)
+            h_next = gl.where(cols[None, :] == n, _pick(_segment_ends(hs, L3, LOG_S), LANES - 1, N, LS), h_next)
             A_n, B_n, C_n = A_next, B_next, C_next
         h = h_next
         if D_ptr is not None:
