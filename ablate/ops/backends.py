@@ -62,6 +62,9 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops
 
+    if requested == "triton" and "triton" not in scan_ops.IMPLS:
+        raise BackendError(f"backend 'triton': {scan_ops.TRITON_MISSING}")
+
     if requested == "cuda":
         scan = "cuda"
         scan_ops.register_mamba_ssm()

@@ -13,10 +13,15 @@ IMPLS = {
     "reference": reference.selective_scan,
     "loop": loop.selective_scan,
 }
-if importlib.util.find_spec("triton") is not None:  # ops.backends decides whether it is used
-    from ablate.ops.scan import triton as _triton_scan
-
-    IMPLS["triton"] = _triton_scan.selective_scan
+# why impl 'triton' is missing where Triton is installed (ops.backends decides whether it is used)
+TRITON_MISSING = "triton is not installed"
+if importlib.util.find_spec("triton") is not None:
+    try:
+        from ablate.ops.scan import triton as _triton_scan
+    except (ImportError, AttributeError) as err:  # a Triton without the Gluon API the kernels use
+        TRITON_MISSING = f"the Triton scan is written in Gluon (Triton 3.6); this Triton lacks it: {err}"
+    else:
+        IMPLS["triton"] = _triton_scan.selective_scan
 
 
 def register_mamba_ssm() -> None:
