@@ -31,12 +31,12 @@ def scan_inputs(B, D, T, N, dtype, seed):
                 delta_bias=(0.1 * torch.randn(D, device="cuda", generator=g)).requires_grad_())
 
 
-def check_triton_scan(dtype, tol, T, with_state):
+def check_triton_scan(dtype, tol, T, with_state, N=16):
     """Output, final state and every gradient of the Triton scan against the float64 reference."""
     from ablate.ops.scan import triton as tscan
 
-    x = scan_inputs(2, 37, T, 16, dtype, seed=T * 7 + with_state)
-    h0 = torch.randn(2, 37, 16, device="cuda", requires_grad=True) if with_state else None
+    x = scan_inputs(2, 37, T, N, dtype, seed=T * 7 + with_state)
+    h0 = torch.randn(2, 37, N, device="cuda", requires_grad=True) if with_state else None
     x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
     h064 = h0.detach().double().requires_grad_() if with_state else None
     y_ref, h_ref = reference.selective_scan(**x64, initial_state=h064, return_final_state=True)
@@ -75,6 +75,20 @@ def test_triton_scan_other_tile_shapes(shape, T, monkeypatch):
     for key, value in zip(("steps_per_thread", "fwd_warps", "bwd_warps"), shape, strict=True):
         monkeypatch.setitem(tscan.CONFIG, key, value)
     check_triton_scan(torch.float32, 1e-4, T, with_state=True)
+
+
+# the states sit one per lane: fewer states than lanes (repeated), more (two per lane)
+@pytest.mark.parametrize("N", [4, 64])
+def test_triton_scan_other_state_sizes(N):
+    check_triton_scan(torch.float32, 1e-4, 200, with_state=True, N=N)
+
+
+def test_triton_scan_names_a_state_size_it_cannot_take():
+    from ablate.ops.scan import triton as tscan
+
+    x = scan_inputs(1, 8, 16, 12, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="power of two"):
+        tscan.selective_scan(**x)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])

@@ -443,6 +443,10 @@ def selective_scan(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
 ):
+    N = A.shape[1]
+    if N & (N - 1):
+        raise ValueError(f"Triton selective scan: the state size (d_state, A.shape[1] = {N}) must be a power of two; "
+                         "use backend 'torch' for other sizes")
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     out, hT = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     return (out, hT) if return_final_state else out
