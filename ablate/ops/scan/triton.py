@@ -330,6 +330,8 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt
             a = gl.exp(dt * A_n[:, None])
             x = dtu * B_n[None, :]
             a_cum, x_cum = gl.associative_scan((a, x), 1, _combine)
+            # the forward moves states between lanes with _pick (a gather); here that measured slower
+            # (1.54 -> 1.96 ms, benchmarks/NOTES.md), so the backward keeps the reductions
             h0_n = gl.convert_layout(_column(h_in, cols, n), ROW)
             hs = x_cum + a_cum * h0_n[:, None]
             y += hs * C_n[None, :]
