@@ -27,4 +27,4 @@ lint: $(STAMP)
 
 # GPU only: timings appended to benchmarks/RESULTS.md with the command and the GPU
 bench: $(STAMP)
-	$(PY) -m ablate.cli bench
+	$(PY) -m benchmarks.bench

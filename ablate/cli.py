@@ -1,26 +1,57 @@
-"""`ablate ...` entry point. Thin: parse arguments, call the library, print."""
+"""`ablate ...`: the command-line entry point. Thin: parse arguments, call the library, print.
+
+    ablate variants [NAME] [--plan]      parameters, attn:ssm ratio, cache MB; layer plan
+    ablate keys                          every config key (model, recipe, each task) with its help
+    ablate train VARIANT [--task T]      one run (resumes; a finished run is not redone)
+    ablate sweep sweeps/NAME.yaml        a grid through an Optuna study
+    ablate table RESULTS_DIR             markdown + CSV table, headline-vs-cache plot
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from ablate.config import ConfigError, ModelConfig, help_lines, load_variant, variant_names
+from ablate.config import ConfigError, ModelConfig, help_lines
 
 
-def _variants(args) -> None:
+def comma_list(allowed: Iterable[str] | None = None) -> Callable[[str], list[str]]:
+    """An argparse type for "a,b,c"; with ``allowed``, an unknown item is an error naming it and
+    listing what is allowed (argparse prefixes the option's name)."""
+    allowed = None if allowed is None else list(allowed)
+
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        unknown = sorted(set(items) - set(allowed)) if allowed is not None else []
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; allowed: {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
+def _variants(args) -> int:
     from tabulate import tabulate
 
     from ablate.plan import expand
     from ablate.sizing import cache_bytes, count_params
+    from ablate.variants import load_variant, variant_names
 
-    if args.name and args.plan:
+    if args.plan:
+        if not args.name:
+            raise ConfigError("ablate variants --plan needs a variant NAME")
         variant = load_variant(args.name)
         print(f"{variant.name}: {variant.description}")
         print(f"n_meta = {variant.model.n_meta}")
         for spec in expand(variant.model):
             print(spec.describe())
-        return
+        return 0
     rows = []
     for name in [args.name] if args.name else variant_names():
         v = load_variant(name)
@@ -31,15 +62,55 @@ def _variants(args) -> None:
     headers = ["variant", "params (M)", "non-emb (M)", "attn:ssm",
                f"cache MB ({args.dtype}, {args.seq_len} tok)", "description"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    return 0
 
 
-def _keys(args) -> None:
-    for key, default, text in help_lines(ModelConfig):
-        print(f"{key:<28} {default:<22} {text}")
+def _keys(args) -> int:
+    from ablate.registry import TASKS
+    from ablate.train.recipe import RecipeConfig
+
+    sections = [("", ModelConfig), ("recipe.", RecipeConfig)]
+    sections += [(f"{name}.", TASKS.get(name).config) for name in TASKS.names()]
+    for prefix, cls in sections:
+        for key, default, text in help_lines(cls, prefix):
+            print(f"{key:<28} {default:<22} {text}")
+    return 0
+
+
+def _train(args) -> int:
+    from ablate.train.run import run_config, train
+
+    cfg = run_config(args.variant, args.task, args.set or [])
+    if args.wandb:
+        cfg = dataclasses.replace(cfg, wandb=True)
+    run_dir = Path(args.out) / (args.name or f"{args.variant}-{cfg.task}-s{cfg.recipe.seed}")
+    record = train(cfg, run_dir, progress=not args.quiet)
+    print(json.dumps({"run_dir": str(run_dir), "status": record["status"],
+                      "tokens_per_s": record.get("tokens_per_s"), **record.get("metrics", {})}, indent=2))
+    return 0
+
+
+def _sweep(args) -> int:
+    from ablate.sweep.launch import launch
+
+    return launch(args.file, workers=args.workers, storage_url=args.storage)
+
+
+def _table(args) -> int:
+    from analysis.tables import write_tables
+
+    paths = write_tables(args.results)
+    print(Path(paths["markdown"]).read_text())
+    print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    from ablate.registry import TASKS
+    from ablate.tasks import default_task
+
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("variants", help="list variants with parameters, attn:ssm ratio and cache")
@@ -49,20 +120,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp16", help="cache dtype: fp16 | bf16 | fp32")
     p.set_defaults(func=_variants)
 
-    p = sub.add_parser("keys", help="every model config key with its default and help")
+    p = sub.add_parser("keys", help="every config key (model, recipe, each task) with its default and help")
     p.set_defaults(func=_keys)
 
-    from ablate import commands
+    p = sub.add_parser("train", help="train one variant on one task (resumes; skips if finished)")
+    p.add_argument("variant")
+    p.add_argument("--task", default=default_task(), choices=TASKS.names(), help="task to train on")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model key (size.d_model=64), recipe.KEY, TASK.KEY or evaluate.NAME.KEY; "
+                   "repeatable")
+    p.add_argument("--out", default="runs", help="parent directory of the run directory")
+    p.add_argument("--name", help="run directory name (default VARIANT-TASK-sSEED)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
 
-    commands.add_commands(sub)
+    p = sub.add_parser("sweep", help="run a sweep file's grid through an Optuna study")
+    p.add_argument("file", help="sweeps/NAME.yaml")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("table", help="results table (markdown, CSV) and headline-vs-cache plot")
+    p.add_argument("results", help="a sweep's results directory (holding runs/*/run.json)")
+    p.set_defaults(func=_table)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "variants" and args.plan and not args.name:
-        print("ablate variants --plan needs a variant NAME", file=sys.stderr)
-        return 2
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed the usage error (or the help)
+        return int(exit_.code or 0)
     try:
         return args.func(args) or 0
     except ConfigError as err:

@@ -1,5 +1,8 @@
 """Frozen, strictly-loaded configuration.
 
+The conversion machinery and the model's schema; a task's, the recipe's and a sweep's sections live
+with their code, and reading variant files from disk lives in ``ablate.variants``.
+
 Every config is a frozen keyword-only dataclass. YAML is read with ``safe_load`` and converted by
 ``from_dict``, which rejects unknown keys and wrong types with a message that names the file, the
 dotted key and what is allowed. Every field carries a one-line help text (``knob(..., help)``) that
@@ -117,9 +120,6 @@ class ModelConfig:
     mlp: MLPConfig = nested(MLPConfig, "MLP")
     norm_eps: float = knob(1e-6, "RMSNorm epsilon")
     init_std: float = knob(0.02, "std of the normal init of linear, conv and embedding weights")
-    backend: Literal["auto", "torch", "triton", "cuda"] = knob(
-        "auto", "kernel backend, resolved once per run by ablate.ops.backends"
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,8 +192,9 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: key '{key}' = {value!r}; allowed: {_describe(tp)}")
 
 
-def from_dict(cls: type, data: dict, where: str, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+def from_dict(cls: type, data: dict, where: str, prefix: str = "", also_allowed=()) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors.
+    ``also_allowed``: keys the caller took out of ``data`` itself, listed in the error too."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -201,7 +202,7 @@ def from_dict(cls: type, data: dict, where: str, prefix: str = "") -> Any:
         raise ConfigError(
             f"{where}: unknown key '{prefix}{unknown[0]}'; allowed in "
             f"'{prefix.rstrip('.') or 'the top level'}': "
-            + ", ".join(names)
+            + ", ".join([*names, *also_allowed])
         )
     kwargs = {k: _convert(hints[k], v, prefix + k, where) for k, v in data.items()}
     try:
@@ -268,12 +269,8 @@ def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-# ----------------------------------------------------------------------------- variants on disk
-
-VARIANTS_DIR = Path(__file__).resolve().parent.parent / "variants"
-
-
-def load_yaml(path: Path) -> dict:
+def load_yaml(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -283,31 +280,3 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
-
-
-def load_variant(name_or_path: str | Path) -> Variant:
-    """Load ``variants/NAME.yaml`` (or a path) into a validated Variant; the plan is checked too."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = VARIANTS_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown variant '{name_or_path}'; known: {', '.join(variant_names())}"
-            )
-    data = load_yaml(path)
-    # A variant file is flat: name / description plus the ModelConfig sections.
-    head = {k: data.pop(k) for k in ("name", "description") if k in data}
-    head.setdefault("name", path.stem)
-    head = from_dict(Variant, head, str(path))
-    variant = dataclasses.replace(head, model=from_dict(ModelConfig, data, str(path)))
-    from ablate.plan import PlanError, expand  # plan validation needs the whole model config
-
-    try:
-        expand(variant.model)
-    except PlanError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    return variant
-
-
-def variant_names() -> list[str]:
-    return sorted(p.stem for p in VARIANTS_DIR.glob("*.yaml"))

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 import ablate.mixers  # noqa: F401  (registers the mixers)
 from ablate.config import ModelConfig
 from ablate.layers import RMSNorm, SwiGLU, no_weight_decay, swiglu_hidden
-from ablate.mixers.base import Context, LayerCache, Mixer, SharedKV
+from ablate.mixers.base import Context, LayerCache, LayerSpec, Mixer, SharedKV
 from ablate.ops.backends import Backends
-from ablate.plan import LayerSpec, expand
-from ablate.registry import MIXERS, lookup
+from ablate.plan import expand
+from ablate.registry import MIXERS
 
 
 class Block(nn.Module):
@@ -33,7 +33,7 @@ class Block(nn.Module):
         d = cfg.size.d_model
         self.spec = spec
         self.mixer_norm = RMSNorm(d, cfg.norm_eps)
-        self.mixer: Mixer = lookup(MIXERS, spec.mixer, "mixer")(cfg, spec, backends)
+        self.mixer: Mixer = MIXERS.get(spec.mixer)(cfg, spec, backends)
         self.mlp = None
         if cfg.mlp.kind == "swiglu":
             self.mlp_norm = RMSNorm(d, cfg.norm_eps)

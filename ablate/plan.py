@@ -18,47 +18,29 @@ Conventions (all documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
+import ablate.mixers  # noqa: F401  (fills the mixer registry this module asks)
 from ablate.config import ModelConfig
+from ablate.mixers.base import LayerSpec
+from ablate.registry import MIXERS
 
-ATTENTION_MIXERS = ("attention", "hybrid")
-MIXERS = ("attention", "mamba", "mamba2", "hybrid")
+__all__ = ["LayerSpec", "PlanError", "expand"]
 
 
 class PlanError(ValueError):
     """An impossible layer plan; the message names the layer (or key) and why."""
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    index: int
-    mixer: str
-    window: int | None = None
-    kv_role: Literal["none", "producer", "consumer"] = "none"
-    kv_group: int | None = None
-
-    @property
-    def has_attention(self) -> bool:
-        return self.mixer in ATTENTION_MIXERS
-
-    def describe(self) -> str:
-        attn = ""
-        if self.has_attention:
-            attn = "global" if self.window is None else f"window={self.window}"
-            if self.kv_role != "none":
-                attn += f" kv:{self.kv_role}(group {self.kv_group})"
-        return f"{self.index:>3}  {self.mixer:<10} {attn}"
+def _has_attention(mixer: str) -> bool:
+    return MIXERS.get(mixer).has_attention
 
 
 def _mixers(cfg: ModelConfig) -> list[str]:
     n, pattern = cfg.size.n_layers, cfg.layout.pattern
     if not pattern:
-        raise PlanError("layout.pattern is empty; give at least one of " + ", ".join(MIXERS))
+        raise PlanError("layout.pattern is empty; give at least one of " + ", ".join(MIXERS.names()))
     for name in pattern:
         if name not in MIXERS:
-            raise PlanError(f"layout.pattern: unknown mixer '{name}'; allowed: {', '.join(MIXERS)}")
+            raise PlanError(f"layout.pattern: unknown mixer '{name}'; allowed: {', '.join(MIXERS.names())}")
     if n < 1 or n % len(pattern):
         raise PlanError(
             f"size.n_layers = {n} is not a positive multiple of len(layout.pattern) = {len(pattern)}"
@@ -67,7 +49,7 @@ def _mixers(cfg: ModelConfig) -> list[str]:
 
 
 def _global_layers(cfg: ModelConfig, mixers: list[str]) -> set[int]:
-    attn = [i for i, m in enumerate(mixers) if m in ATTENTION_MIXERS]
+    attn = [i for i, m in enumerate(mixers) if _has_attention(m)]
     spec = cfg.layout.global_layers
     if spec == "all":
         return set(attn)
@@ -155,13 +137,13 @@ def expand(cfg: ModelConfig) -> tuple[LayerSpec, ...]:
     if window is not None and window < 1:
         raise PlanError(f"layout.window = {window}; allowed: null or an integer >= 1")
     globals_ = _global_layers(cfg, mixers)
-    attn_layers = [i for i, m in enumerate(mixers) if m in ATTENTION_MIXERS]
+    attn_layers = [i for i, m in enumerate(mixers) if _has_attention(m)]
     if window is None and cfg.layout.global_layers not in ("all",):
         raise PlanError("layout.global_layers is set but layout.window is null (every layer global)")
     if window is not None and attn_layers and set(attn_layers) <= globals_:
         raise PlanError("layout.window is set but every attention layer is global")
     specs = [
-        LayerSpec(i, m, window=None if (i in globals_ or m not in ATTENTION_MIXERS) else window)
+        LayerSpec(i, m, window=None if (i in globals_ or not _has_attention(m)) else window)
         for i, m in enumerate(mixers)
     ]
     taken: set[int] = set()

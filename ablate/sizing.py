@@ -9,6 +9,10 @@ one sequence after ``seq_len`` real tokens, 1 MB = 1e6 B, batch 1. Global attent
 n_meta + seq_len K/V entries; window layers keep n_meta + min(seq_len, window - 1) (all a later
 query can see); KV consumers keep none; SSM layers keep their state (d_inner * d_state) and conv
 state (conv channels * (d_conv - 1)), in the same dtype.
+
+Everything per layer comes from the mixer protocol (``mixers.base.Mixer``): parameter split,
+cache bytes by kind (every kind summed) and non-matmul FLOPs, so a new mixer is counted correctly
+without any change here.
 """
 
 from __future__ import annotations
@@ -69,18 +73,20 @@ def count_params(cfg: ModelConfig) -> ParamCount:
 
 
 def cache_bytes(cfg: ModelConfig, seq_len: int, dtype: str = "fp16") -> dict[str, int]:
-    """Decoding-state bytes for one sequence: kv_global, kv_window, ssm, conv, total."""
+    """Decoding-state bytes for one sequence by kind: kv_global, kv_window (a mixer's "kv", split
+    by the layer's window), ssm, conv, any other kind a mixer reports, and total (all of them)."""
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"dtype '{dtype}'; allowed: {', '.join(DTYPE_BYTES)}")
     nbytes = DTYPE_BYTES[dtype]
     model = meta_model(cfg)
     out = {"kv_global": 0, "kv_window": 0, "ssm": 0, "conv": 0}
     for block in model.blocks:
-        parts = block.mixer.cache_bytes(seq_len, cfg.n_meta, nbytes)
-        kv_key = "kv_global" if block.spec.window is None else "kv_window"
-        out[kv_key] += parts.get("kv", 0)
-        out["ssm"] += parts.get("ssm", 0)
-        out["conv"] += parts.get("conv", 0)
+        for kind, n in block.mixer.cache_bytes(seq_len, cfg.n_meta, nbytes).items():
+            if kind == "kv":
+                kind = "kv_global" if block.spec.window is None else "kv_window"
+            if kind == "total":
+                raise ValueError(f"mixer '{block.spec.mixer}': cache kind 'total' is reserved for the sum")
+            out[kind] = out.get(kind, 0) + n
     out["total"] = sum(out.values())
     return out
 
@@ -145,20 +151,12 @@ def match(cfg: ModelConfig, target: int, knob: str = "mlp.hidden", tolerance: fl
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward) from the layer plan:
-    6 x (matmul weights, incl. the tied head) + attention scores/values over the keys each query
-    sees + the SSM scan (about 7 FLOPs per channel-state-step forward). Norms, activations and
-    the conv are ignored (a few percent at these sizes)."""
+    6 x (matmul weights, incl. the tied head) + 3 x each mixer's ``sequence_flops`` (attention
+    scores/values over the keys each query sees, the SSM scan). Norms, activations and the conv
+    are ignored (a few percent at these sizes)."""
     model = meta_model(cfg)
     matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("meta"))
     flops = 6.0 * matmul
-    T = seq_len + cfg.n_meta
     for block in model.blocks:
-        heads = getattr(block.mixer, "attn", None) or getattr(block.mixer, "heads", None)
-        if heads is not None:
-            w = block.spec.window
-            keys = (T + 1) / 2 if w is None else min(w, (T + 1) / 2) + cfg.n_meta
-            flops += 3 * 2 * heads.n_heads * (heads.head_dim + heads.v_head_dim) * keys
-        ssm = getattr(block.mixer, "ssm", None)
-        if ssm is not None:
-            flops += 3 * 7 * ssm.d_inner * ssm.cfg.d_state
+        flops += 3 * block.mixer.sequence_flops(seq_len, cfg.n_meta)
     return flops

@@ -8,8 +8,18 @@ from pathlib import Path
 import pandas as pd
 
 
+def summary_metrics(rec: dict) -> list[dict]:
+    """The run's summary metrics with their directions, headline first (``metric_specs``, written
+    by the run from its task and evaluations). Records from before ablate wrote them: every
+    top-level val/NAME metric, no direction, no headline."""
+    if "metric_specs" in rec:
+        return rec["metric_specs"]
+    return [{"name": k, "direction": None} for k in rec.get("metrics", {}) if k.count("/") == 1]
+
+
 def load_runs(results: str | Path) -> pd.DataFrame:
-    """Every RESULTS/runs/*/run.json (or RESULTS/*/run.json) as one row with dotted columns."""
+    """Every RESULTS/runs/*/run.json (or RESULTS/*/run.json) as one row with dotted columns.
+    ``metric_specs`` holds the run's summary metrics (JSON), ``headline`` its headline metric."""
     results = Path(results)
     paths = sorted(results.glob("runs/*/run.json")) or sorted(results.glob("*/run.json"))
     rows = []
@@ -24,9 +34,14 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             "tokens_per_s": rec.get("tokens_per_s"), "precision": rec.get("precision"),
             "device": rec.get("device"), "dir": str(path.parent),
         }
+        specs = summary_metrics(rec)
+        row["metric_specs"] = json.dumps(specs)
+        row["headline"] = specs[0]["name"] if specs and specs[0]["direction"] else None
         metrics = rec.get("metrics", {})
-        # per-part metrics in the task's own order (e.g. the MQAR test grid), then the rest
-        ordered = [f"val/{part}/{m}" for part in rec.get("val_parts", []) for m in ("acc", "loss")]
+        # summary metrics in the task's order, per-part ones in its part order (e.g. the MQAR test
+        # grid), then the rest
+        ordered = [m["name"] for m in specs]
+        ordered += [f"val/{part}/{m}" for part in rec.get("val_parts", []) for m in ("acc", "loss")]
         row.update({k: metrics[k] for k in ordered if k in metrics})
         row.update(metrics)
         rows.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,13 +25,16 @@ def ci95(values: pd.Series) -> float:
     return t * values.std(ddof=1) / math.sqrt(n)
 
 
-METRIC_ORDER = ("val/acc", "val/loss", "val/ppl")
+def summary_metric_names(df: pd.DataFrame) -> list[str]:
+    """The runs' summary metrics (their tasks' and evaluations'), headline first, in first-seen order."""
+    names = [m["name"] for specs in df["metric_specs"] for m in json.loads(specs)]
+    return list(dict.fromkeys(names))
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     # per-part accuracies in the order the runs logged them (the test grid's order)
     per_part = [c for c in df if c.startswith("val/") and c.count("/") == 2 and c.endswith("/acc")]
-    return [c for c in METRIC_ORDER if c in df] + per_part + ["tokens_per_s"]
+    return [c for c in summary_metric_names(df) if c in df] + per_part + ["tokens_per_s"]
 
 
 def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -40,7 +44,7 @@ def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     for (task, variant), g in done.groupby(["task", "variant"], sort=False):
         row = {"task": task, "variant": variant, "seeds": len(g), "params_M": g["params"].iloc[0] / 1e6,
                "non_emb_M": g["params_non_embedding"].iloc[0] / 1e6, "attn:ssm": g["attn_ssm_ratio"].iloc[0],
-               "cache_MB": g["cache_mb"].iloc[0]}
+               "cache_MB": g["cache_mb"].iloc[0], "headline": g["headline"].iloc[0]}
         for col in metric_columns(done):
             row[col] = g[col].mean()
             row[col + " ci95"] = ci95(g[col])
@@ -61,7 +65,7 @@ def _cell(mean: float, ci: float, digits: int) -> str:
 def to_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no finished runs)\n"
-    metrics = [c for c in summary if c.startswith("val/") and not c.endswith("ci95")] + ["tokens_per_s"]
+    metrics = [c for c in summary if c.startswith(("val/", "eval/")) and not c.endswith("ci95")] + ["tokens_per_s"]
     shown = pd.DataFrame({
         "task": summary["task"], "variant": summary["variant"], "seeds": summary["seeds"],
         "params (M)": summary["params_M"].map("{:.3f}".format),
@@ -85,8 +89,8 @@ def write_tables(results: str | Path, order: list[str] | None = None) -> dict[st
     paths["markdown"].write_text(to_markdown(summary))
     summary.to_csv(paths["csv"], index=False)
     runs.to_csv(paths["runs_csv"], index=False)
-    if not summary.empty and "val/acc" in summary:
-        from analysis.plots import recall_vs_cache
+    if not summary.empty and summary["headline"].notna().any():
+        from analysis.plots import headline_vs_cache
 
-        paths["plot"] = recall_vs_cache(summary, results / "recall_vs_cache.png")
+        paths["plot"] = headline_vs_cache(summary, results / "headline_vs_cache.png")
     return {k: str(v) for k, v in paths.items()}

@@ -17,10 +17,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ablate.config import load_variant, override, parse_assignment
+from ablate.config import override, parse_assignment
 from ablate.model import LM
 from ablate.tasks.mqar import Segment, generate
 from ablate.train.recipe import RecipeConfig, build_optimizer
+from ablate.variants import load_variant
 
 
 def parse_args() -> argparse.Namespace:

@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from ablate.bench import median_ms, scan_case
 from ablate.ops.scan import triton as tscan
+from benchmarks.bench import median_ms, scan_case
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--L", type=int, default=2048)

@@ -3,6 +3,6 @@
 # one process. Usage: bash benchmarks/tune_scan.sh [--L 2048] SHAPE ...
 set -e
 L=(); if [ "$1" = "--L" ]; then L=(--L "$2"); shift 2; fi
-for s in "$@"; do python benchmarks/tune_scan.py "${L[@]}" --compile-only "$s" & done
+for s in "$@"; do python -m benchmarks.tune_scan "${L[@]}" --compile-only "$s" & done
 wait
-python benchmarks/tune_scan.py "${L[@]}" "$@"
+python -m benchmarks.tune_scan "${L[@]}" "$@"

@@ -25,12 +25,3 @@ def test_unknown_variant_is_a_clear_error(capsys):
 def test_keys_lists_help(capsys):
     assert main(["keys"]) == 0
     assert "hybrid.fusion" in capsys.readouterr().out
-
-
-def test_bench_options_are_checked_before_any_gpu_work(capsys):
-    # errors name the option and what is allowed, on a CPU machine too (no GPU needed to say so)
-    assert main(["bench", "--sections", "scan,nope"]) == 2
-    assert "--sections: unknown ['nope']" in capsys.readouterr().err
-    assert main(["bench", "--variants", "llama,nope"]) == 2
-    err = capsys.readouterr().err
-    assert "--variants: unknown ['nope']" in err and "roadmap-b-parallel" in err

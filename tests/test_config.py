@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ablate.config import (
-    ConfigError,
-    ModelConfig,
-    load_variant,
-    override,
-    parse_assignment,
-    variant_names,
-)
+from ablate.config import ConfigError, ModelConfig, override, parse_assignment
 from ablate.plan import PlanError, expand
+from ablate.variants import load_variant, variant_names
 
 
 def write(tmp_path, text):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablate.config import ModelConfig, load_variant, override, variant_names
+from ablate.config import ModelConfig, override
 from ablate.mixers.base import Context, LayerCache
 from ablate.model import LM
 from ablate.ops.backends import Backends
 from ablate.plan import LayerSpec
 from ablate.registry import MIXERS
+from ablate.variants import load_variant, variant_names
 from tests.conftest import tiny
 
 REFERENCE_SHAPES = {"hymba-1.5b", "llama-3.2-1b", "llama-3.2-3b", "smollm2-1.7b"}
@@ -31,7 +32,7 @@ def mixer_cases():
         for ssm in ("mamba", "mamba2"):
             cfg = override(override(base, "hybrid.fusion", fusion), "hybrid.ssm", ssm)
             cases.append((f"hybrid-{fusion}-{ssm}", cfg, LayerSpec(0, "hybrid", window=4)))
-    assert {spec.mixer for _, _, spec in cases} == set(MIXERS)
+    assert {spec.mixer for _, _, spec in cases} == set(MIXERS.names())
     return cases
 
 
@@ -40,13 +41,30 @@ CASES = mixer_cases()
 
 def build(cfg, spec):
     torch.manual_seed(0)
-    return MIXERS[spec.mixer](cfg, spec, Backends()).double()
+    return MIXERS.get(spec.mixer)(cfg, spec, Backends()).double()
 
 
 @pytest.mark.parametrize("n_meta", [0, 2])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_mixer_shape_causality_decoding(case, n_meta):
     _, cfg, spec = case
+    check_shape_causality_decoding(cfg, spec, n_meta)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mixer_maps(case):
+    _, cfg, spec = case
+    check_maps(cfg, spec)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mixer_accounting(case):
+    _, cfg, spec = case
+    check_accounting(cfg, spec)
+
+
+def check_shape_causality_decoding(cfg, spec, n_meta):
+    """Output shape, causality, and prefill + single steps with a cache == the full forward."""
     mixer = build(cfg, spec)
     B, T, d = 2, 13, cfg.size.d_model
     x = torch.randn(B, T, d, dtype=torch.float64)
@@ -69,9 +87,10 @@ def test_mixer_shape_causality_decoding(case, n_meta):
     torch.testing.assert_close(torch.cat(parts, dim=1), y, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_mixer_maps(case):
-    _, cfg, spec = case
+def check_maps(cfg, spec):
+    """With want_map the mixer returns exactly the maps of its paths; attention rows are causal
+    probabilities that respect the window and the meta prefix; an SSM map is causal and, for the
+    SSM paths that expose prepare(), reproduces the path's output."""
     mixer = build(cfg, spec)
     B, T, n_meta = 2, 11, 2
     x = torch.randn(B, T, cfg.size.d_model, dtype=torch.float64)
@@ -89,9 +108,30 @@ def test_mixer_maps(case):
             assert (probs[..., n_meta:, :n_meta] > 0).all()  # meta always visible
     if "ssm" in out.maps:
         alpha = out.maps["ssm"]
+        assert alpha.shape[-2:] == (T, T)
         assert alpha[..., above].abs().max() == 0
-        check_ssm_map_reproduces_output(mixer, x, n_meta, alpha)
-    assert out.maps, "a mixer must return at least one map"
+        if hasattr(getattr(mixer, "ssm", None), "prepare"):
+            check_ssm_map_reproduces_output(mixer, x, n_meta, alpha)
+    declared = {kind for kind, has in (("attention", mixer.has_attention), ("ssm", mixer.has_ssm)) if has}
+    assert set(out.maps) == declared, f"maps {sorted(out.maps)}; the mixer's paths say {sorted(declared)}"
+
+
+def check_accounting(cfg, spec):
+    """Parameter split covers every parameter; cache bytes and FLOPs are positive where the mixer
+    keeps state or has a sequence op, and cache bytes equal what a decoding cache really holds."""
+    mixer = build(cfg, spec)
+    split = mixer.param_split()
+    assert set(split) == {"attention", "ssm", "shared"}
+    assert sum(split.values()) == sum(p.numel() for p in mixer.parameters())
+    T, n_meta = 9, 2
+    analytic = mixer.cache_bytes(T, n_meta, 8)  # float64 below
+    assert all(isinstance(n, int) and n >= 0 for n in analytic.values())
+    assert mixer.sequence_flops(T, n_meta) > 0
+    cache = LayerCache(max_tokens=T)
+    x = torch.randn(1, T + n_meta, cfg.size.d_model, dtype=torch.float64)
+    mixer(x, Context(pos=torch.arange(T + n_meta), n_meta=n_meta, cache=cache))
+    # a window layer allocates its ring for max_tokens; with T <= window both count the same
+    assert cache.nbytes() == sum(analytic.values()), (cache, analytic)
 
 
 def check_ssm_map_reproduces_output(mixer, x, n_meta, alpha):

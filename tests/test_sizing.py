@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablate.config import load_variant, override
+from ablate.config import override
 from ablate.model import LM
 from ablate.sizing import cache_bytes, count_params, match
+from ablate.variants import load_variant
 from tests.conftest import tiny
 
 

@@ -85,7 +85,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_completes(tmp_path, capsys):
     assert "done   llama|mqar|s0" in out and "| llama" in out
     sweep = load_sweep(path)
     assert json.loads((sweep.results / "runs" / "broken-mqar-s0" / "run.json").read_text())["status"] == "failed"
-    assert (sweep.results / "table.md").exists() and (sweep.results / "recall_vs_cache.png").exists()
+    assert (sweep.results / "table.md").exists() and (sweep.results / "headline_vs_cache.png").exists()
 
 
 def test_a_dead_worker_point_is_requeued_and_run(tmp_path):

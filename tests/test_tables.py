@@ -16,7 +16,8 @@ def fake_run(root, variant, seed, acc, status="finished"):
     rec = {"name": d.name, "variant": variant, "task": "mqar", "seed": seed, "status": status,
            "params": {"total": 1000, "non_embedding": 800, "attn_ssm_ratio": "1:0"},
            "cache_bytes": {"fp16": {"total": 2_000_000}}, "cache_seq_len": 64, "tokens_per_s": 10.0,
-           "metrics": {"val/acc": acc, "val/L64_kv4/acc": acc}}
+           "metrics": {"val/acc": acc, "val/L64_kv4/acc": acc},
+           "metric_specs": [{"name": "val/acc", "direction": "maximize", "help": ""}]}
     (d / "run.json").write_text(json.dumps(rec))
 
 

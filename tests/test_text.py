@@ -8,10 +8,9 @@ import json
 
 import pytest
 
-from ablate.commands import run_config
 from ablate.config import ConfigError
 from ablate.tasks.text import TextConfig, TextData, read_source
-from ablate.train.run import train
+from ablate.train.run import run_config, train
 from tests.conftest import SHARED_DATA
 from tests.helpers import TINY_MODEL
 

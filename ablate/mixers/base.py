@@ -4,8 +4,21 @@
 
 ``ctx`` carries the absolute positions of x (meta tokens take 0..n_meta-1), the layer's decoding
 cache (filled and updated in place when given), the K/V shared by this layer's KV-sharing
-producer, and whether to return attention maps. Every mixer also reports its analytic cache bytes
-and how its parameters split between attention and SSM.
+producer, and whether to return attention maps.
+
+A mixer class carries every fact the rest of ablate needs about it, so nothing outside its file
+keeps a list of mixers or looks for attributes by name:
+
+- ``has_attention`` / ``has_ssm``: which paths it has. The layer plan gives windows and KV roles
+  to attention-bearing layers only; the maps it returns are exactly ``"attention"`` (softmax
+  probabilities, (B, H, T, S)) if it has attention and ``"ssm"`` (the implicit attention of the
+  recurrence, (B, C, T, T)) if it has an SSM path, whenever ``ctx.want_map`` is set.
+- ``cache_bytes``: analytic decoding-state bytes by kind; sizing sums every key it returns.
+- ``sequence_flops``: forward FLOPs per token beyond the weight matmuls (attention scores and
+  values, the scan), for MFU; sizing adds the matmuls itself.
+- ``param_split``: parameters by path, for the attention:SSM ratio.
+
+The contract test (tests/test_mixer_contract.py) checks all of these for every registered mixer.
 
 Shape letters: B batch, T time, H heads, D channels / head dim, N SSM state, P SSM head dim.
 """
@@ -14,8 +27,34 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
+
+from ablate.registry import MIXERS
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of an expanded plan (``ablate.plan.expand``): what the model builds and records."""
+
+    index: int
+    mixer: str
+    window: int | None = None
+    kv_role: Literal["none", "producer", "consumer"] = "none"
+    kv_group: int | None = None
+
+    @property
+    def has_attention(self) -> bool:
+        return MIXERS.get(self.mixer).has_attention
+
+    def describe(self) -> str:
+        attn = ""
+        if self.has_attention:
+            attn = "global" if self.window is None else f"window={self.window}"
+            if self.kv_role != "none":
+                attn += f" kv:{self.kv_role}(group {self.kv_group})"
+        return f"{self.index:>3}  {self.mixer:<10} {attn}"
 
 
 @dataclass
@@ -76,14 +115,36 @@ class MixerOutput:
 
 
 class Mixer(nn.Module, ABC):
-    """Base class: subclasses implement forward, cache_bytes and param_split."""
+    """Base class. Subclasses are built as ``cls(model_cfg, spec, backends)``, set the two class
+    facts and implement forward, cache_bytes, sequence_flops and param_split."""
+
+    name: ClassVar[str]  # set by MIXERS.register
+    has_attention: ClassVar[bool]
+    has_ssm: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        abstract = any(getattr(getattr(cls, m), "__isabstractmethod__", False) for m in dir(cls)
+                       if not m.startswith("__") and callable(getattr(cls, m, None)))
+        if not abstract:  # a concrete mixer must state its paths (plan, maps and sizing read them)
+            for fact in ("has_attention", "has_ssm"):
+                if not isinstance(getattr(cls, fact, None), bool):
+                    raise TypeError(f"mixer {cls.__name__} must set the class attribute {fact} = True | False")
 
     @abstractmethod
-    def forward(self, x: Tensor, ctx: Context) -> MixerOutput: ...
+    def forward(self, x: Tensor, ctx: Context) -> MixerOutput:
+        """With ``ctx.want_map``, ``out.maps`` holds "attention" if has_attention and "ssm" if has_ssm."""
 
     @abstractmethod
     def cache_bytes(self, seq_len: int, n_meta: int, bytes_per_el: int) -> dict[str, int]:
-        """Bytes of decoding state for one sequence after seq_len real tokens (+ n_meta)."""
+        """Bytes of decoding state for one sequence after seq_len real tokens (+ n_meta), by kind
+        ("kv" for attention keys and values; "ssm", "conv" or any other name for other state).
+        Sizing sums every key, so a new kind of state is counted without any other change."""
+
+    @abstractmethod
+    def sequence_flops(self, seq_len: int, n_meta: int) -> float:
+        """Forward FLOPs per token that are not weight matmuls (attention scores and values over
+        the keys a query sees, the recurrence), for a training sequence of seq_len (+ n_meta)."""
 
     @abstractmethod
     def param_split(self) -> dict[str, int]:

@@ -23,24 +23,26 @@ from torch import Tensor, nn
 
 from ablate.config import ModelConfig
 from ablate.layers import RMSNorm
-from ablate.mixers.attention import AttentionHeads
-from ablate.mixers.base import Context, Mixer, MixerOutput
-from ablate.mixers.mamba import MambaSSM
-from ablate.mixers.mamba2 import Mamba2SSM
+from ablate.mixers.base import Context, LayerSpec, Mixer, MixerOutput
+from ablate.mixers.paths.attention import AttentionHeads
+from ablate.mixers.paths.mamba import MambaSSM
+from ablate.mixers.paths.mamba2 import Mamba2SSM
+from ablate.mixers.paths.ssm import SSMPath
 from ablate.ops.backends import Backends
-from ablate.plan import LayerSpec
-from ablate.registry import MIXERS, register
+from ablate.registry import MIXERS
 
 
-def _ssm_path(cfg: ModelConfig, backends: Backends) -> nn.Module:
+def _ssm_path(cfg: ModelConfig, backends: Backends) -> SSMPath:
     d = cfg.size.d_model
     if cfg.hybrid.ssm == "mamba":
         return MambaSSM(d, cfg.mamba.expand * d, cfg.mamba, cfg.norm_eps, backends)
     return Mamba2SSM(cfg.mamba2.expand * d, cfg.mamba2, cfg.norm_eps, backends)
 
 
-@register(MIXERS, "hybrid")
+@MIXERS.register("hybrid")
 class Hybrid(Mixer):
+    has_attention, has_ssm = True, True
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
         super().__init__()
         d, acfg = cfg.size.d_model, cfg.attention
@@ -94,6 +96,9 @@ class Hybrid(Mixer):
     def cache_bytes(self, seq_len: int, n_meta: int, bytes_per_el: int) -> dict[str, int]:
         return {"kv": self.attn.cache_bytes(seq_len, n_meta, bytes_per_el),
                 **self.ssm.cache_bytes(bytes_per_el)}
+
+    def sequence_flops(self, seq_len: int, n_meta: int) -> float:
+        return self.attn.sequence_flops(seq_len, n_meta) + self.ssm.sequence_flops()
 
     def param_split(self) -> dict[str, int]:
         """The in_proj rows go to the path they feed; the per-path norms to their path; the

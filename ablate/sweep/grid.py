@@ -2,12 +2,14 @@
 
     name: default
     variants: [llama, mamba, {name: hymba, label: hymba-w16, sets: {layout.window: 16}}]
-    tasks: [mqar]
+    tasks: [TASK, ...]                    # names in the task registry (default: the default task)
     seeds: [0, 1]
     sets: {size.d_model: 64}              # model keys applied to every variant
     grid: {attention.n_heads: [2, 4]}     # optional knob grid (model keys)
     match: {target: 200000, knob: mlp.hidden}   # optional: equal non-embedding parameters
-    recipe: {...}  mqar: {...}  text: {...}     # shared by every run
+    recipe: {...}                         # shared by every run
+    TASK: {...}                           # each registered task's section, shared by its runs
+    evaluate: {NAME: {...}}               # evaluations after training (ablate.evaluate), every run
     storage: null   # Optuna RDB URL; default sqlite:///RESULTS/study.db
     results: null   # default results/NAME
 
@@ -22,14 +24,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ablate.config import ConfigError, from_dict, knob, load_variant, load_yaml, nested, override
+from ablate.config import ConfigError, from_dict, knob, load_yaml, nested, override
+from ablate.registry import TASKS
 from ablate.sizing import MATCH_KNOBS, match
-from ablate.tasks.mqar import MQARConfig
-from ablate.tasks.text import TextConfig
+from ablate.tasks import default_task
 from ablate.train.recipe import RecipeConfig
-from ablate.train.run import RunConfig
+from ablate.train.run import RunConfig, section
+from ablate.variants import load_variant
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,14 +55,14 @@ class SweepConfig:
     name: str = knob("", "study name (also the Optuna study name)")
     description: str = knob("", "one line for humans")
     variants: tuple[str | VariantEntry, ...] = knob((), "variants to compare")
-    tasks: tuple[Literal["mqar", "text"], ...] = knob(("mqar",), "tasks every variant runs")
+    tasks: tuple[str, ...] = knob((default_task(),), "tasks every variant runs (names in the task registry)")
     seeds: tuple[int, ...] = knob((0,), "seeds (init and batch order) every variant runs")
     sets: dict[str, Any] = field(default_factory=dict, metadata={"help": "model overrides for all variants"})
     grid: dict[str, tuple] = field(default_factory=dict, metadata={"help": "model key -> values to cross"})
     match: MatchConfig | None = knob(None, "match every variant to one parameter budget")
     recipe: RecipeConfig = nested(RecipeConfig, "the recipe shared by all runs")
-    mqar: MQARConfig = nested(MQARConfig, "MQAR data shared by all runs")
-    text: TextConfig = nested(TextConfig, "text data shared by all runs")
+    evaluate: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "evaluations after training for every run: name -> its config section"})
     storage: str | None = knob(None, "Optuna storage URL (default sqlite:///RESULTS/study.db)")
     results: str | None = knob(None, "results directory (default results/NAME)")
 
@@ -86,6 +89,7 @@ class Sweep:
     cfg: SweepConfig
     path: Path
     runs: dict[str, tuple[Point, RunConfig]]  # point id -> (point, run config), in grid order
+    sections: dict[str, Any] = field(default_factory=dict)  # task name -> its config section
 
     @property
     def results(self) -> Path:
@@ -120,13 +124,25 @@ def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, where: str):
     return model
 
 
+def _task_sections(raw: dict, path: Path) -> dict[str, Any]:
+    """Take each registered task's section out of the file's mapping, strictly converted."""
+    return {name: section(TASKS.get(name).config, raw.pop(name), name, str(path))
+            for name in TASKS.names() if name in raw}
+
+
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    cfg = from_dict(SweepConfig, load_yaml(path), str(path))
+    raw = load_yaml(path)
+    sections = _task_sections(raw, path)
+    cfg = from_dict(SweepConfig, raw, str(path), also_allowed=TASKS.names())
     if not cfg.name:
         cfg = dataclasses.replace(cfg, name=path.stem)
     if not cfg.variants:
         raise ConfigError(f"{path}: key 'variants' is empty; list at least one variant")
+    for i, task in enumerate(cfg.tasks):
+        if task not in TASKS:
+            allowed = " | ".join(repr(t) for t in TASKS.names())
+            raise ConfigError(f"{path}: key 'tasks[{i}]' = {task!r}; allowed: {allowed}")
     grid_keys = list(cfg.grid)
     runs = {}
     for entry in _entries(cfg):
@@ -139,6 +155,10 @@ def load_sweep(path: str | Path) -> Sweep:
             for task, seed in itertools.product(cfg.tasks, cfg.seeds):
                 point = Point(entry.label or entry.name, task, seed, knobs)
                 recipe = dataclasses.replace(cfg.recipe, seed=seed)
-                runs[point.id] = (point, RunConfig(variant=point.variant, model=model, task=task,
-                                                   recipe=recipe, mqar=cfg.mqar, text=cfg.text))
-    return Sweep(cfg, path, runs)
+                try:
+                    run = RunConfig(variant=point.variant, model=model, task=task, recipe=recipe,
+                                    data=sections.get(task), evaluate=cfg.evaluate)
+                except ConfigError as err:
+                    raise ConfigError(f"{path}: {err}") from None
+                runs[point.id] = (point, run)
+    return Sweep(cfg, path, runs, sections)

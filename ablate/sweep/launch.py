@@ -21,7 +21,7 @@ def _describe(trial) -> str:
     if trial.state == TrialState.FAIL:
         return f"FAILED {point}: {trial.user_attrs.get('reason', 'worker died; retried if it was stale')}"
     metrics = trial.user_attrs.get("metrics", {})
-    shown = {k: metrics[k] for k in ("val/acc", "val/loss") if k in metrics}
+    shown = {k: metrics[k] for k in trial.user_attrs.get("shown", []) if k in metrics}  # the task's first two
     tps = trial.user_attrs.get("tokens_per_s")
     extra = f", {tps:,.0f} tok/s" if tps else ""
     return f"done   {point}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()) + extra

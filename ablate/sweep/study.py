@@ -28,6 +28,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from ablate.registry import TASKS
 from ablate.sweep.grid import Sweep, load_sweep
 from ablate.train.run import train
 
@@ -134,8 +135,8 @@ class Heartbeat:
 
 
 def objective(record: dict) -> float:
-    metrics = record.get("metrics", {})
-    return metrics["val/acc"] if record["task"] == "mqar" else -metrics["val/loss"]
+    """The run's task headline metric as a value to maximise (the study's one direction)."""
+    return TASKS.get(record["task"]).objective(record["metrics"])
 
 
 def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> None:
@@ -154,6 +155,7 @@ def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
             study.tell(number, state=TrialState.FAIL)
             return
     storage.set_trial_user_attr(trial_id, "metrics", record["metrics"])
+    storage.set_trial_user_attr(trial_id, "shown", [m["name"] for m in record["metric_specs"][:2]])
     storage.set_trial_user_attr(trial_id, "tokens_per_s", record["tokens_per_s"])
     study.tell(number, objective(record))
 

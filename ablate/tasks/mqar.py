@@ -28,6 +28,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ablate.config import knob
+from ablate.registry import TASKS
+from ablate.tasks.base import Metric, Task
 from ablate.tasks.batches import StepBatchSampler
 
 
@@ -126,6 +128,8 @@ class MQARData(L.LightningDataModule):
             check_segment(seg, cfg.vocab_size, f"mqar.{'train' if i < len(cfg.train) else 'test'}")
         self.cfg, self.batch_size, self.steps_per_epoch, self.seed = cfg, batch_size, steps_per_epoch, seed
         self.val_names = [seg.name for seg in cfg.test]
+        self.vocab_size = cfg.vocab_size
+        self.seq_len = max(s.seq_len for s in cfg.train)
 
     def setup(self, stage: str | None = None) -> None:
         # Segments of one length are pooled, so a batch mixes their pair counts; batches of
@@ -146,3 +150,20 @@ class MQARData(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(d, batch_size=self.cfg.eval_batch_size) for d in self.test_sets]
+
+
+@TASKS.register("mqar")
+class MQAR(Task):
+    """Recall: accuracy at the query positions, per test segment and averaged over them."""
+
+    config = MQARConfig
+    default = True
+    metrics = (
+        Metric("val/acc", "maximize", "accuracy at query positions, mean over the test segments"),
+        Metric("val/loss", "minimize", "cross-entropy at query positions"),
+        Metric("val/ppl", "minimize", "exp(val/loss)"),
+    )
+
+    @classmethod
+    def build_data(cls, cfg: MQARConfig, batch_size: int, steps_per_epoch: int, seed: int) -> MQARData:
+        return MQARData(cfg, batch_size, steps_per_epoch, seed)

@@ -25,6 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError, knob
+from ablate.registry import TASKS
+from ablate.tasks.base import Metric, Task
 from ablate.tasks.batches import StepBatchSampler
 
 
@@ -170,6 +172,7 @@ class TextData(L.LightningDataModule):
             tokens = encode(self.tokenizer, read_source(source, cfg.text_field), cfg.cache_dir)
             self.val_tokens.append(tokens[: cfg.max_val_tokens] if cfg.max_val_tokens else tokens)
         self.val_names = [Path(s).name.split(".")[0] or s for s in cfg.val]
+        self.seq_len = cfg.seq_len
 
     def train_dataloader(self) -> DataLoader:
         windows = Windows(self.train_tokens, self.cfg.seq_len)
@@ -179,3 +182,19 @@ class TextData(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(Windows(t, self.cfg.seq_len), batch_size=self.cfg.eval_batch_size)
                 for t in self.val_tokens]
+
+
+@TASKS.register("text")
+class Text(Task):
+    """Language modelling: next-token loss and perplexity on each validation source."""
+
+    config = TextConfig
+    metrics = (
+        Metric("val/loss", "minimize", "next-token cross-entropy, token-weighted over the validation sources"),
+        Metric("val/ppl", "minimize", "exp(val/loss)"),
+        Metric("val/acc", "maximize", "next-token accuracy, mean over the validation sources"),
+    )
+
+    @classmethod
+    def build_data(cls, cfg: TextConfig, batch_size: int, steps_per_epoch: int, seed: int) -> TextData:
+        return TextData(cfg, batch_size, steps_per_epoch, seed)

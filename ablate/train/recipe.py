@@ -1,4 +1,8 @@
-"""The training recipe shared by every run of a study, and the optimizer/schedule it builds."""
+"""The training recipe shared by every run of a study, and the optimizer/schedule it builds.
+
+The recipe holds the optimisation (AdamW, schedule, batch, steps, seed) and the execution settings
+(accelerator, devices, strategy, precision, compile, kernel backend): everything about a run that
+is not the architecture or the task's data."""
 
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class RecipeConfig:
         "auto", "auto: bf16-mixed on GPU, 32-true on CPU (resolved once and recorded)")
     compile: Literal["auto", "on", "off"] = knob(
         "auto", "torch.compile each block: auto is on with a GPU (resolved once and recorded with the backends)")
+    backend: Literal["auto", "torch", "triton", "cuda"] = knob(
+        "auto", "kernel backend: auto (fastest available) | torch | triton | cuda (resolved once, recorded)")
     batch_size: int = knob(32, "sequences per optimizer step")
     max_steps: int = knob(1000, "optimizer steps (ignored when token_budget is set)")
     token_budget: int | None = knob(None, "training tokens; sets max_steps = budget / (batch * seq)")

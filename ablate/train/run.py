@@ -19,33 +19,55 @@ import platform
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import lightning as L
 import torch
 
 import ablate
-from ablate.config import ModelConfig, knob, nested, to_dict
+import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
+from ablate.config import ConfigError, ModelConfig, from_dict, knob, nested, override, parse_assignment, to_dict
 from ablate.ops.backends import resolve
 from ablate.plan import expand
+from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
-from ablate.tasks.mqar import MQARConfig, MQARData
-from ablate.tasks.text import TextConfig, TextData
+from ablate.tasks import default_task
 from ablate.train.module import LitLM
 from ablate.train.recipe import RecipeConfig
+from ablate.variants import load_variant
+
+
+def section(cls: type, value: Any, key: str, where: str) -> Any:
+    """A registered task's or evaluation's config section: an instance of ``cls`` as it is, a
+    mapping converted strictly (errors name ``key``), None for the defaults."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return from_dict(cls, value, where, prefix=f"{key}.")
+    raise ConfigError(f"{where}: key '{key}' must be a mapping of {cls.__name__} fields, got {type(value).__name__}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     variant: str = knob("llama", "variant name (variants/NAME.yaml)")
     model: ModelConfig = nested(ModelConfig, "the variant's model config after overrides")
-    task: Literal["mqar", "text"] = knob("mqar", "task to train and evaluate on")
+    task: str = knob(default_task(), "task to train and evaluate on (a name in the task registry)")
     recipe: RecipeConfig = nested(RecipeConfig, "the training recipe")
-    mqar: MQARConfig = nested(MQARConfig, "MQAR data (task = mqar)")
-    text: TextConfig = nested(TextConfig, "text corpus and tokenizer (task = text)")
+    data: Any = knob(None, "the task's config section (None: the task's defaults)")
+    evaluate: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "evaluations after training: name -> its config section (see ablate.evaluate)"})
     wandb: bool = knob(False, "also log to Weights & Biases (offline without network)")
+
+    def __post_init__(self):  # resolve the task's and the evaluations' sections through the registries
+        task = TASKS.get(self.task)
+        object.__setattr__(self, "data", section(task.config, self.data, self.task, "run config"))
+        evaluate = {name: section(EVALUATIONS.get(name).config, value, f"evaluate.{name}", "run config")
+                    for name, value in self.evaluate.items()}
+        object.__setattr__(self, "evaluate", evaluate)
 
 
 class Throughput(L.Callback):
@@ -106,11 +128,30 @@ def git_revision() -> str | None:
 
 def build_data(cfg: RunConfig, steps_per_epoch: int):
     """-> (datamodule, vocab size the model must have, tokens per training sequence)."""
-    if cfg.task == "mqar":
-        data = MQARData(cfg.mqar, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
-        return data, cfg.mqar.vocab_size, max(s.seq_len for s in cfg.mqar.train)
-    data = TextData(cfg.text, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
-    return data, data.vocab_size, cfg.text.seq_len
+    data = TASKS.get(cfg.task).build_data(cfg.data, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
+    return data, data.vocab_size, data.seq_len
+
+
+def metric_specs(cfg: RunConfig) -> list[dict]:
+    """The summary metrics this run reports, each with its direction, headline first; recorded so
+    that analysis and studies read them without task or evaluation code."""
+    specs = list(TASKS.get(cfg.task).metrics)
+    for name in cfg.evaluate:
+        specs += EVALUATIONS.get(name).recorded()
+    return [m.as_dict() for m in specs]
+
+
+def evaluate(cfg: RunConfig, model: torch.nn.Module, data, run_dir: Path) -> dict[str, float]:
+    """Run the configured evaluations on the trained model; -> eval/NAME/key metrics."""
+    metrics = {}
+    model.eval()
+    for name, section_cfg in cfg.evaluate.items():
+        results = EVALUATIONS.get(name).run(section_cfg, model, data, run_dir)
+        expected = {m.name for m in EVALUATIONS.get(name).metrics}
+        if set(results) != expected:
+            raise RuntimeError(f"evaluation '{name}' returned {sorted(results)}; it declares {sorted(expected)}")
+        metrics.update({f"eval/{name}/{k}": float(v) for k, v in results.items()})
+    return metrics
 
 
 def resolve_steps(cfg: RunConfig, seq_len: int) -> int:
@@ -159,7 +200,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
     precision = cfg.recipe.precision
     if precision == "auto":
         precision = "bf16-mixed" if on_gpu else "32-true"
-    backends = resolve(model_cfg.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
+    backends = resolve(cfg.recipe.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
     attempt = (previous or {}).get("attempts", 0) + 1
     record = {
         "name": run_dir.name, "variant": cfg.variant, "task": cfg.task, "seed": cfg.recipe.seed,
@@ -169,6 +210,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         "params": count_params(model_cfg).as_dict(),
         "cache_bytes": {dtype: cache_bytes(model_cfg, seq_len, dtype) for dtype in ("fp16", "fp32")},
         "cache_seq_len": seq_len, "max_steps": max_steps, "precision": precision, "val_parts": data.val_names,
+        "metric_specs": metric_specs(cfg),
         "backends": backends.as_dict(),
         "versions": {"ablate": ablate.__version__, "torch": torch.__version__, "lightning": L.__version__,
                      "python": platform.python_version()},
@@ -196,15 +238,50 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
         if trainer.global_step < max_steps:
             raise RuntimeError(f"training stopped at step {trainer.global_step} of {max_steps}")
+        if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
+            trainer.validate(module, datamodule=data, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics.update(evaluate(cfg, module.model, data, run_dir))
     except BaseException as err:
         record.update(status="failed", reason=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=8))
         write_record(run_dir, record)
         raise
-    if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
-        trainer.validate(module, datamodule=data, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
                   train_seconds=time.time() - started, steps=trainer.global_step)
     write_record(run_dir, record)
     return record
+
+
+def run_config(variant: str, task: str | None = None, sets: list[str] = (), where: str = "--set") -> RunConfig:
+    """RunConfig for VARIANT on TASK (default: the default task) with ``key=value`` overrides:
+    model keys (``size.d_model=64``), ``recipe.KEY``, the task's own section (``TASK.KEY``),
+    ``evaluate.NAME.KEY`` (adds evaluation NAME), or ``wandb``."""
+    task = task or default_task()
+    cfg = RunConfig(variant=variant, model=load_variant(variant).model, task=task)
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    for text in sets:
+        key, value = parse_assignment(text, where)
+        head, _, rest = key.partition(".")
+        if head in model_keys:
+            cfg = dataclasses.replace(cfg, model=override(cfg.model, key, value, where))
+        elif head == task and rest:
+            cfg = dataclasses.replace(cfg, data=override(cfg.data, rest, value, where, _prefix=f"{task}."))
+        elif head in TASKS:
+            raise ConfigError(f"{where}: key '{key}' is for task '{head}'; this run's task is '{task}'")
+        elif head == "evaluate" and rest:
+            cfg = _override_evaluation(cfg, rest, value, where)
+        elif head in ("recipe", "wandb"):
+            cfg = override(cfg, key, value, where)
+        else:
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed: a model key ({', '.join(sorted(model_keys))}"
+                              f"; `ablate keys` lists them), recipe.KEY, {task}.KEY, evaluate.NAME.KEY, wandb")
+    return cfg
+
+
+def _override_evaluation(cfg: RunConfig, key: str, value: Any, where: str) -> RunConfig:
+    name, _, rest = key.partition(".")
+    evaluation = EVALUATIONS.get(name)
+    current = cfg.evaluate.get(name) or evaluation.config()
+    new = override(current, rest, value, where, _prefix=f"evaluate.{name}.") if rest else value
+    return dataclasses.replace(cfg, evaluate={**cfg.evaluate, name: new})

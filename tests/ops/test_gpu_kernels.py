@@ -142,9 +142,9 @@ def test_flex_attention_matches_eager(window, n_meta, Dv, T, Hkv):
 
 
 def test_model_trains_on_gpu_with_fast_backends():
-    from ablate.config import load_variant
     from ablate.model import LM
     from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
     from tests.conftest import tiny
 
     cfg = tiny(load_variant("hymba").model)
@@ -159,9 +159,9 @@ def test_model_trains_on_gpu_with_fast_backends():
 @pytest.mark.parametrize("variant", ["llama", "mamba", "mamba2", "samba", "hymba", "roadmap-d-kvshare"])
 def test_graphed_decoding_matches_eager_decoding(variant):
     """Each decoding step replayed as a CUDA graph gives the tokens of eager decoding."""
-    from ablate.config import load_variant
     from ablate.model import LM
     from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
     from tests.conftest import tiny
 
     model = LM(tiny(load_variant(variant).model), resolve("auto", "cuda")).cuda().eval()
@@ -174,9 +174,9 @@ def test_graphed_decoding_matches_eager_decoding(variant):
 @pytest.mark.parametrize("variant", ["llama", "mamba2", "hymba"])
 def test_compiled_graphed_step_matches_eager_step(variant):
     """The decoding step compiled and captured gives the eager step's logits, token by token."""
-    from ablate.config import load_variant
     from ablate.model import LM, GraphedStep
     from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
     from tests.conftest import tiny
 
     model = LM(tiny(load_variant(variant).model), resolve("auto", "cuda")).cuda().eval()
@@ -201,9 +201,9 @@ def test_compiled_blocks_match_eager_forward_and_backward(variant):
     Compiled and eager bf16 differ from each other by bf16 rounding (fused kernels keep
     intermediates in fp32; measured 2.6% on Mamba-2's gradients), so each is compared with the
     fp32 eager model, and the compiled one may not be more than 1.5x further from it."""
-    from ablate.config import load_variant
     from ablate.model import LM
     from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
     from tests.conftest import tiny
 
     cfg = tiny(load_variant(variant).model, d_model=64)

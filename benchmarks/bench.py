@@ -1,4 +1,4 @@
-"""`ablate bench`: GPU timings, each the median of repeated timed runs after warm-up
+"""`python -m benchmarks.bench` (`make bench`): GPU timings, each the median of repeated timed runs after warm-up
 (``triton.testing.do_bench``, CUDA events), appended to a results file with the exact command and
 the GPU it ran on.
 
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ("scan", "conv", "attention", "layer", "model", "inference")
 # bf16 dense peak used for MFU (H100 SXM datasheet); H200 has the same compute peak.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}
 
@@ -167,7 +166,7 @@ class AssembledHybrid(torch.nn.Module):
         self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
 
     def forward(self, x):
-        from ablate.mixers.attention import rope
+        from ablate.mixers.paths.attention import rope
         from ablate.ops import attention as attn
 
         B, T, _ = x.shape
@@ -182,10 +181,9 @@ class AssembledHybrid(torch.nn.Module):
 
 def bench_layer(rows: list[dict], **_) -> None:
     from ablate.config import ModelConfig, override
-    from ablate.mixers.base import Context
+    from ablate.mixers.base import Context, LayerSpec
     from ablate.mixers.hybrid import Hybrid
     from ablate.ops.backends import resolve
-    from ablate.plan import LayerSpec
 
     d, H, kv, B, T, meta = 768, 12, 4, 8, 2048 + 128, 128
     cfg = ModelConfig()
@@ -236,7 +234,8 @@ SIZES = {"125M": {"size.d_model": 512, "size.n_layers": 24, "attention.n_heads":
 
 
 def core_model(name: str, size: str):
-    from ablate.config import load_variant, override
+    from ablate.config import override
+    from ablate.variants import load_variant
 
     cfg = load_variant(name).model
     sets = {**SIZES[size], "size.vocab_size": 32001, "mamba2.head_dim": 64}
@@ -352,14 +351,54 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
             f.write(json.dumps({"time": stamp, "gpu": gpu_name(), "command": command, **row}) + "\n")
 
 
-def run(sections: list[str], out: Path, **options) -> list[dict]:
+SECTIONS = {"scan": bench_scan, "conv": bench_conv, "attention": bench_attention, "layer": bench_layer,
+            "model": bench_model, "inference": bench_inference}
+
+
+def run(sections: list[str], out: Path, command: str, **options) -> list[dict]:
     """options: sizes, compile_modes (model section), variants (model, inference), decode_compile
     (inference)."""
     if not torch.cuda.is_available():
-        raise SystemExit("ablate bench needs a CUDA GPU")
+        raise SystemExit("benchmarks.bench needs a CUDA GPU")
     rows: list[dict] = []
     for section in sections:
-        globals()[f"bench_{section}"](rows, **options)
-    write_results(rows, out, "ablate bench " + " ".join(sys.argv[2:]))
+        SECTIONS[section](rows, **options)
+    write_results(rows, out, command)
     return rows
 
+
+def build_parser():
+    import argparse
+
+    from ablate.cli import comma_list
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", type=comma_list(SECTIONS), default=list(SECTIONS),
+                   help="comma list of sections: " + ", ".join(SECTIONS) + " (default all)")
+    p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
+    p.add_argument("--sizes", type=comma_list(SIZES), default=list(SIZES),
+                   help="model section: comma list of " + ", ".join(SIZES))
+    p.add_argument("--compile", type=comma_list(("on", "off")), default=["on"],
+                   help="model section: torch.compile blocks: on, off or off,on")
+    p.add_argument("--variants", type=comma_list(CORE), default=list(CORE),
+                   help="model and inference sections: comma list of core variants (default all)")
+    p.add_argument("--decode-compile", action="store_true",
+                   help="inference section: also time the decoding step compiled before capture (minutes per variant)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Options are checked before any GPU work (a wrong one exits 2 naming what is allowed)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    run(args.sections, Path(args.out), "python -m benchmarks.bench " + " ".join(argv), sizes=args.sizes,
+        compile_modes=args.compile, variants=args.variants, decode_compile=args.decode_compile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
