@@ -66,11 +66,15 @@ def _variants(args) -> int:
 
 
 def _keys(args) -> int:
-    from ablate.registry import TASKS
+    import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
+    from ablate.registry import EVALUATIONS, MIXERS, TASKS
     from ablate.train.recipe import RecipeConfig
 
-    sections = [("", ModelConfig), ("recipe.", RecipeConfig)]
+    sections = [("", ModelConfig)]
+    sections += [(f"mixers.{n}.", MIXERS.get(n).config) for n in MIXERS.names() if MIXERS.get(n).config]
+    sections += [("recipe.", RecipeConfig)]
     sections += [(f"{name}.", TASKS.get(name).config) for name in TASKS.names()]
+    sections += [(f"evaluate.{name}.", EVALUATIONS.get(name).config) for name in EVALUATIONS.names()]
     for prefix, cls in sections:
         for key, default, text in help_lines(cls, prefix):
             print(f"{key:<28} {default:<22} {text}")

@@ -118,6 +118,8 @@ class ModelConfig:
     mamba2: Mamba2Config = nested(Mamba2Config, "Mamba-2 SSD")
     hybrid: HybridConfig = nested(HybridConfig, "parallel hybrid head")
     mlp: MLPConfig = nested(MLPConfig, "MLP")
+    mixers: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "sections of mixers that declare their own config: mixer name -> its keys (Mixer.config)"})
     norm_eps: float = knob(1e-6, "RMSNorm epsilon")
     init_std: float = knob(0.02, "std of the normal init of linear, conv and embedding weights")
 
@@ -231,7 +233,9 @@ def override(cfg: Any, key: str, value: Any, where: str = "override", _prefix: s
             + ", ".join(names)
         )
     current = getattr(cfg, head)
-    if rest:
+    if rest and isinstance(current, dict):  # a free-form section, checked where it is used
+        new = _set_in_mapping(current, rest, value)
+    elif rest:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"{where}: key '{full}': '{_prefix + head}' has no sub-keys")
         new = override(current, rest, value, where, _prefix + head + ".")
@@ -241,6 +245,13 @@ def override(cfg: Any, key: str, value: Any, where: str = "override", _prefix: s
         return dataclasses.replace(cfg, **{head: new})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: key '{full}': {err}") from err
+
+
+def _set_in_mapping(mapping: dict, key: str, value: Any) -> dict:
+    """A copy of ``mapping`` with the dotted ``key`` set (nested mappings created as needed)."""
+    head, _, rest = key.partition(".")
+    inner = mapping.get(head)
+    return {**mapping, head: _set_in_mapping(inner if isinstance(inner, dict) else {}, rest, value) if rest else value}
 
 
 def parse_assignment(text: str, where: str = "--set") -> tuple[str, Any]:

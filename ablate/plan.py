@@ -19,7 +19,7 @@ Conventions (all documented in the README):
 from __future__ import annotations
 
 import ablate.mixers  # noqa: F401  (fills the mixer registry this module asks)
-from ablate.config import ModelConfig
+from ablate.config import ConfigError, ModelConfig
 from ablate.mixers.base import LayerSpec
 from ablate.registry import MIXERS
 
@@ -154,4 +154,11 @@ def expand(cfg: ModelConfig) -> tuple[LayerSpec, ...]:
             specs[i] = LayerSpec(i, specs[i].mixer, specs[i].window, role, gid)
     if cfg.n_meta < 0:
         raise PlanError(f"n_meta = {cfg.n_meta}; allowed: an integer >= 0")
+    for name in cfg.mixers:  # each mixer's own section is checked against its config class
+        if name not in MIXERS:
+            raise PlanError(f"mixers: unknown mixer '{name}'; allowed: {', '.join(MIXERS.names())}")
+        try:
+            MIXERS.get(name).options(cfg)
+        except ConfigError as err:
+            raise PlanError(str(err)) from None
     return tuple(specs)

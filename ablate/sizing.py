@@ -24,6 +24,7 @@ import torch
 from ablate.config import ConfigError, ModelConfig, override
 from ablate.layers import SwiGLU
 from ablate.model import LM
+from ablate.registry import MIXERS
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
 
@@ -104,7 +105,9 @@ class Match:
         return (self.params - self.target) / self.target
 
 
-MATCH_KNOBS = ("size.d_model", "mlp.hidden", "mamba.expand", "mamba2.expand")
+def match_knobs() -> list[str]:
+    """Knobs a match may solve: the residual width, the MLP width, and each mixer's size_knobs."""
+    return ["size.d_model", "mlp.hidden", *(k for name in MIXERS.names() for k in MIXERS.get(name).size_knobs)]
 
 
 def _count_at(cfg: ModelConfig, knob: str, value: int) -> int | None:
@@ -122,8 +125,8 @@ def match(cfg: ModelConfig, target: int, knob: str = "mlp.hidden", tolerance: fl
     nearby (widths the heads do not divide) are skipped. Raises if the best residual exceeds
     ``tolerance``.
     """
-    if knob not in MATCH_KNOBS:
-        raise ConfigError(f"match knob '{knob}'; allowed: {', '.join(MATCH_KNOBS)}")
+    if knob not in match_knobs():
+        raise ConfigError(f"match knob '{knob}'; allowed: {', '.join(match_knobs())}")
     lo = 1
     while hi - lo > 1:
         mid = (lo + hi) // 2

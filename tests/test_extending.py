@@ -22,7 +22,8 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ablate.config import knob
+from ablate.config import ConfigError, knob, override
+from ablate.layers import no_reinit
 from ablate.mixers.base import Context, LayerSpec, Mixer, MixerOutput
 from ablate.registry import EVALUATIONS, MIXERS, TASKS
 from ablate.tasks.base import Metric, Task
@@ -32,17 +33,29 @@ from tests import test_mixer_contract as contract  # before the toy registers: i
 # ----------------------------------------------------------------------------- a mixer
 
 
+@dataclass(frozen=True, kw_only=True)
+class EMAConfig:
+    init_decay: float = knob(0.5, "initial decay a of every channel")
+
+
 class EMA(Mixer):
     """h_t = a * h_{t-1} + (1 - a) * x_t per channel, a = sigmoid(logit); in/out projections."""
 
     has_attention, has_ssm = False, True
+    config = EMAConfig  # its own section: `mixers: {toy_ema: {init_decay: ...}}`
 
     def __init__(self, cfg, spec: LayerSpec, backends):
         super().__init__()
         d = cfg.size.d_model
+        self.init_decay = self.options(cfg).init_decay
         self.in_proj = nn.Linear(d, d, bias=False)
         self.out_proj = nn.Linear(d, d, bias=False)
-        self.logit = nn.Parameter(torch.zeros(d))
+        self.logit = no_reinit(nn.Parameter(torch.empty(d)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.logit.fill_(math.log(self.init_decay / (1 - self.init_decay)))
 
     def forward(self, x: Tensor, ctx: Context) -> MixerOutput:
         u = self.in_proj(x)
@@ -172,8 +185,17 @@ def test_a_new_mixer_task_and_evaluation_need_no_other_file(registered, tmp_path
     variant.write_text(yaml.safe_dump({
         "description": "EMA and attention layers alternate", "size": {"d_model": 32, "n_layers": 2},
         "layout": {"pattern": ["toy_ema", "attention"], "window": 4, "global_layers": "none"},
-        "attention": {"n_heads": 2}, "mlp": {"hidden": 48}}))
+        "attention": {"n_heads": 2}, "mlp": {"hidden": 48}, "mixers": {"toy_ema": {"init_decay": 0.8}}}))
     model_cfg = load_variant(variant).model
+
+    # its own config section: in the variant file, overridable, checked strictly
+    lm = LM(model_cfg)
+    assert torch.sigmoid(lm.blocks[0].mixer.logit).allclose(torch.tensor(0.8))
+    assert override(model_cfg, "mixers.toy_ema.init_decay", 0.3).mixers == {"toy_ema": {"init_decay": 0.3}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(variant.read_text().replace("init_decay", "decay"))
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key 'mixers.toy_ema.decay'.*init_decay"):
+        load_variant(bad)
 
     # plan: the mixer's own facts decide windows (attention layers only)
     plan = expand(model_cfg)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
+from ablate.config import ConfigError, from_dict
 from ablate.registry import MIXERS
 
 
@@ -121,6 +122,12 @@ class Mixer(nn.Module, ABC):
     name: ClassVar[str]  # set by MIXERS.register
     has_attention: ClassVar[bool]
     has_ssm: ClassVar[bool]
+    # Optional: the frozen dataclass of this mixer's own section, written `mixers: {NAME: {...}}` in
+    # a variant (the shipped mixers' sections are ModelConfig fields), read with ``options(cfg)``.
+    config: ClassVar[type | None] = None
+    # Integer model keys that widen this mixer, which a sweep's `match:` may solve (besides
+    # size.d_model and mlp.hidden): parameter counts must grow with them.
+    size_knobs: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -130,6 +137,18 @@ class Mixer(nn.Module, ABC):
             for fact in ("has_attention", "has_ssm"):
                 if not isinstance(getattr(cls, fact, None), bool):
                     raise TypeError(f"mixer {cls.__name__} must set the class attribute {fact} = True | False")
+
+    @classmethod
+    def options(cls, model_cfg) -> Any:
+        """This mixer's section of ``model_cfg.mixers`` as its ``config`` (defaults if absent)."""
+        raw = model_cfg.mixers.get(cls.name)
+        if cls.config is None:
+            if raw is not None:
+                raise ConfigError(f"key 'mixers.{cls.name}': mixer '{cls.name}' has no config section")
+            return None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"key 'mixers.{cls.name}' must be a mapping of {cls.config.__name__} fields")
+        return from_dict(cls.config, raw or {}, "model config", prefix=f"mixers.{cls.name}.")
 
     @abstractmethod
     def forward(self, x: Tensor, ctx: Context) -> MixerOutput:

@@ -12,6 +12,8 @@ from ablate.registry import MIXERS
 
 @MIXERS.register("mamba")
 class Mamba(SSMMixer):
+    size_knobs = ("mamba.expand",)
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
         d = cfg.size.d_model
         super().__init__(d, MambaSSM(d, cfg.mamba.expand * d, cfg.mamba, cfg.norm_eps, backends))

@@ -12,6 +12,8 @@ from ablate.registry import MIXERS
 
 @MIXERS.register("mamba2")
 class Mamba2(SSMMixer):
+    size_knobs = ("mamba2.expand",)
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
         d = cfg.size.d_model
         super().__init__(d, Mamba2SSM(cfg.mamba2.expand * d, cfg.mamba2, cfg.norm_eps, backends))

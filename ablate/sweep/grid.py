@@ -28,7 +28,7 @@ from typing import Any
 
 from ablate.config import ConfigError, from_dict, knob, load_yaml, nested, override
 from ablate.registry import TASKS
-from ablate.sizing import MATCH_KNOBS, match
+from ablate.sizing import match
 from ablate.tasks import default_task
 from ablate.train.recipe import RecipeConfig
 from ablate.train.run import RunConfig, section
@@ -47,7 +47,7 @@ class MatchConfig:
     target: int = knob(0, "non-embedding parameters every variant is matched to")
     tolerance: float = knob(0.01, "largest allowed relative residual")
     # last: the field name shadows the knob() helper inside this class body
-    knob: str = knob("mlp.hidden", "the one knob solved per variant: " + ", ".join(MATCH_KNOBS))
+    knob: str = knob("mlp.hidden", "the one knob solved per variant (ablate.sizing.match_knobs)")
 
 
 @dataclass(frozen=True, kw_only=True)
