@@ -23,7 +23,7 @@ sweep: $(STAMP)
 	$(PY) -m ablate.cli sweep $(SWEEP) --workers 2
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ablate tests analysis
+	$(VENV)/bin/ruff check ablate tests benchmarks
 
 # GPU only: timings appended to benchmarks/RESULTS.md with the command and the GPU
 bench: $(STAMP)

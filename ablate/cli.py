@@ -1,10 +1,16 @@
-"""`ablate ...`: the command-line entry point. Thin: parse arguments, call the library, print.
+"""ablate: controlled architecture-ablation studies of attention / Mamba hybrid language models.
 
-    ablate variants [NAME] [--plan]      parameters, attn:ssm ratio, cache MB; layer plan
-    ablate keys                          every config key (model, recipe, each task) with its help
-    ablate train VARIANT [--task T]      one run (resumes; a finished run is not redone)
-    ablate sweep sweeps/NAME.yaml        a grid through an Optuna study
-    ablate table RESULTS_DIR             markdown + CSV table, headline-vs-cache plot
+Every variant trains under one recipe on the same data, matched in parameters; every run writes a
+record (run.json) that tables and plots read.
+
+  ablate variants [NAME] [--plan]      the variants: parameters, attn:ssm ratio, cache MB; a layer plan
+  ablate keys [SECTION]                every config key with its type, default and help
+  ablate train VARIANT [--task T]      one run (resumes; a finished run is not redone)
+  ablate sweep sweeps/NAME.yaml        a study: a grid of runs through an Optuna study, then its table
+  ablate table RESULTS_DIR             a results table (markdown, CSV) and the headline-vs-cache plot
+  ablate export RUN_DIR OUT            a run as safetensors + config (+ tokenizer), for ablate.load_run
+
+`ablate COMMAND --help` says more about each.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import ablate
 from ablate.config import ConfigError, ModelConfig, help_lines
 
 
@@ -65,32 +72,54 @@ def _variants(args) -> int:
     return 0
 
 
-def _keys(args) -> int:
+def config_sections() -> dict[str, tuple[str, type]]:
+    """Every config section a user sets, by name: (key prefix, schema)."""
     import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
     from ablate.registry import EVALUATIONS, MIXERS, TASKS
+    from ablate.sweep.grid import SweepConfig
     from ablate.train.recipe import RecipeConfig
 
-    sections = [("", ModelConfig)]
-    sections += [(f"mixers.{n}.", MIXERS.get(n).config) for n in MIXERS.names() if MIXERS.get(n).config]
-    sections += [("recipe.", RecipeConfig)]
-    sections += [(f"{name}.", TASKS.get(name).config) for name in TASKS.names()]
-    sections += [(f"evaluate.{name}.", EVALUATIONS.get(name).config) for name in EVALUATIONS.names()]
-    for prefix, cls in sections:
-        for key, default, text in help_lines(cls, prefix):
-            print(f"{key:<28} {default:<22} {text}")
+    sections = {"model": ("", ModelConfig)}
+    sections |= {f"mixers.{n}": (f"mixers.{n}.", MIXERS.get(n).config) for n in MIXERS.names() if MIXERS.get(n).config}
+    sections["recipe"] = ("recipe.", RecipeConfig)
+    sections |= {name: (f"{name}.", TASKS.get(name).config) for name in TASKS.names()}
+    sections |= {f"evaluate.{n}": (f"evaluate.{n}.", EVALUATIONS.get(n).config) for n in EVALUATIONS.names()}
+    sections["sweep"] = ("", SweepConfig)
+    return sections
+
+
+def _keys(args) -> int:
+    from tabulate import tabulate
+
+    sections = config_sections()
+    chosen = args.section or list(sections)
+    for name in chosen:
+        if name not in sections:
+            raise ConfigError(f"ablate keys: unknown section '{name}'; allowed: {', '.join(sections)}")
+    for name in chosen:
+        prefix, cls = sections[name]
+        where = {"model": "variant files, sweep `sets:`, --set", "sweep": "top level of a sweep file"}.get(
+            name, "sweep files and --set")
+        print(f"\n## {name}  ({where})\n")
+        rows = help_lines(cls, prefix)
+        print(tabulate(rows, headers=["key", "type", "default", "help"], tablefmt="simple", disable_numparse=True))
     return 0
 
 
 def _train(args) -> int:
-    from ablate.train.run import run_config, train
+    from ablate.train.config import run_config
+    from ablate.train.run import train
+    from ablate.train.tracking import WandbConfig
 
     cfg = run_config(args.variant, args.task, args.set or [])
     if args.wandb:
-        cfg = dataclasses.replace(cfg, wandb=True)
-    run_dir = Path(args.out) / (args.name or f"{args.variant}-{cfg.task}-s{cfg.recipe.seed}")
-    record = train(cfg, run_dir, progress=not args.quiet)
+        cfg = dataclasses.replace(cfg, wandb=cfg.wandb or WandbConfig())
+    run_dir = Path(args.out) / (args.name or f"{Path(args.variant).stem}-{cfg.task}-s{cfg.recipe.seed}")
+    record = train(cfg, run_dir, progress=not args.quiet, replace=args.overwrite)
     print(json.dumps({"run_dir": str(run_dir), "status": record["status"],
                       "tokens_per_s": record.get("tokens_per_s"), **record.get("metrics", {})}, indent=2))
+    print(f"record: {run_dir / 'run.json'}\nmetrics: {run_dir / 'logs'}/attempt*/metrics.csv\n"
+          f"checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
     return 0
 
 
@@ -101,11 +130,20 @@ def _sweep(args) -> int:
 
 
 def _table(args) -> int:
-    from analysis.tables import write_tables
+    from ablate.analysis.tables import write_tables
 
     paths = write_tables(args.results)
     print(Path(paths["markdown"]).read_text())
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def _export(args) -> int:
+    from ablate.api import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))}); "
+          f"load it with ablate.load_run('{out}')")
     return 0
 
 
@@ -115,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("variants", help="list variants with parameters, attn:ssm ratio and cache")
     p.add_argument("name", nargs="?", help="one variant (default: all in variants/)")
@@ -124,23 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp16", help="cache dtype: fp16 | bf16 | fp32")
     p.set_defaults(func=_variants)
 
-    p = sub.add_parser("keys", help="every config key (model, recipe, each task) with its default and help")
+    p = sub.add_parser("keys", help="every config key (model, recipe, each task and evaluation, sweep) "
+                       "with its type, default and help")
+    p.add_argument("section", nargs="*", help="only these sections (model, recipe, a task's name, sweep, ...)")
     p.set_defaults(func=_keys)
 
     p = sub.add_parser("train", help="train one variant on one task (resumes; skips if finished)")
-    p.add_argument("variant")
-    p.add_argument("--task", default=default_task(), choices=TASKS.names(), help="task to train on")
+    p.add_argument("variant", help="a variant name (ablate variants lists them) or a variant YAML path")
+    p.add_argument("--task", default=default_task(), choices=TASKS.names(),
+                   help=f"task to train and evaluate on (default {default_task()})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model key (size.d_model=64), recipe.KEY, TASK.KEY or evaluate.NAME.KEY; "
                    "repeatable")
     p.add_argument("--out", default="runs", help="parent directory of the run directory")
     p.add_argument("--name", help="run directory name (default VARIANT-TASK-sSEED)")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the run directory holds a run of another configuration: move it aside "
+                   "(RUN_DIR.replaced-HASH) and train this one")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (offline; --set wandb.mode=online to log live)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sweep", help="run a sweep file's grid through an Optuna study")
-    p.add_argument("file", help="sweeps/NAME.yaml")
+    p.add_argument("file", help="a sweep file (sweeps/NAME.yaml) or a shipped sweep's name (default, roadmap, ...)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
     p.set_defaults(func=_sweep)
@@ -148,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="results table (markdown, CSV) and headline-vs-cache plot")
     p.add_argument("results", help="a sweep's results directory (holding runs/*/run.json)")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("export", help="write a run as safetensors weights + config.json (+ tokenizer.json)")
+    p.add_argument("run_dir", help="a run directory (run.json, checkpoints/last.ckpt)")
+    p.add_argument("out", help="the export directory (Hugging Face layout; ablate.load_run reads it)")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -26,11 +26,13 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file, the key and what is allowed."""
 
 
-def knob(default: Any, help: str) -> Any:
-    """A dataclass field with a help text (shown by ``ablate keys``)."""
+def knob(default: Any, help: str, identity: bool = True) -> Any:
+    """A dataclass field with a help text (shown by ``ablate keys``). ``identity=False`` marks a
+    field that says where files live or how a run is watched, not what it computes: it is left
+    out of a run's identity (``identity_dict``)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple for sequence defaults")
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "identity": identity})
 
 
 def nested(cls: type, help: str) -> Any:
@@ -213,12 +215,16 @@ def from_dict(cls: type, data: dict, where: str, prefix: str = "", also_allowed=
         raise ConfigError(f"{where}: {prefix or cls.__name__}: {err}") from err
 
 
-def to_dict(cfg: Any) -> Any:
-    """Plain, YAML/JSON-ready form of a config (tuples become lists)."""
+def to_dict(cfg: Any, identity: bool = False) -> Any:
+    """Plain, YAML/JSON-ready form of a config (tuples become lists). ``identity``: without the
+    fields marked ``knob(..., identity=False)``."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name), identity) for f in dataclasses.fields(cfg)
+                if not identity or f.metadata.get("identity", True)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v, identity) for k, v in cfg.items()}
     if isinstance(cfg, (tuple, list)):
-        return [to_dict(v) for v in cfg]
+        return [to_dict(v, identity) for v in cfg]
     return cfg
 
 
@@ -268,15 +274,16 @@ def parse_assignment(text: str, where: str = "--set") -> tuple[str, Any]:
     return key.strip(), value
 
 
-def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every leaf field, for ``ablate keys``."""
+def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every leaf field, for ``ablate keys``."""
     rows = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             rows += help_lines(tp, prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, repr(f.default), f.metadata.get("help", "")))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, _describe(tp), repr(default), f.metadata.get("help", "")))
     return rows
 
 

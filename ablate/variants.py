@@ -9,7 +9,8 @@ from pathlib import Path
 from ablate.config import ConfigError, ModelConfig, Variant, from_dict, load_yaml
 from ablate.plan import PlanError, expand
 
-VARIANTS_DIR = Path(__file__).resolve().parent.parent / "variants"
+# Shipped as package data (a wheel has them); the repository's top-level variants/ links here.
+VARIANTS_DIR = Path(__file__).resolve().parent / "presets" / "variants"
 
 
 def load_variant(name_or_path: str | Path) -> Variant:

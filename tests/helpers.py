@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ablate.train.run import run_config
+from ablate.train.config import run_config
 
 TINY_MODEL = ["size.d_model=32", "size.n_layers=2", "attention.n_heads=2", "attention.n_kv_heads=2",
               "mlp.hidden=64", "mamba.d_state=4"]

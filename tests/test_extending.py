@@ -172,14 +172,15 @@ def registered():
 
 
 def test_a_new_mixer_task_and_evaluation_need_no_other_file(registered, tmp_path):
+    from ablate.analysis.tables import write_tables
     from ablate.model import LM
     from ablate.plan import expand
     from ablate.sizing import cache_bytes, count_params, meta_model, train_flops_per_token
     from ablate.sweep.grid import load_sweep
+    from ablate.train.config import RunConfig
     from ablate.train.recipe import RecipeConfig
-    from ablate.train.run import RunConfig, train
+    from ablate.train.run import train
     from ablate.variants import load_variant
-    from analysis.tables import write_tables
 
     variant = tmp_path / "ema-hybrid.yaml"
     variant.write_text(yaml.safe_dump({

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ablate", "analysis")
+PACKAGES = ("ablate",)
 
 
 def modules() -> dict[str, Path]:

@@ -123,7 +123,7 @@ def _claim_all(path, url, out):
     study = open_study(sweep, storage)
     with open(out, "w") as f:
         while (claimed := claim(study, storage)) is not None:
-            f.write(claimed[2] + "\n")
+            f.write(claimed[2].rpartition("#")[0] + "\n")  # the key is point id#config hash
 
 
 def test_concurrent_claims_never_hand_out_a_point_twice(tmp_path):
@@ -140,3 +140,42 @@ def test_concurrent_claims_never_hand_out_a_point_twice(tmp_path):
         assert p.exitcode == 0
     claimed = [line for o in outs for line in o.read_text().split()]
     assert sorted(claimed) == sorted(sweep.runs)  # every point once, none twice
+
+
+def test_a_changed_sweep_file_reruns_exactly_the_changed_points(tmp_path, capsys):
+    path = write_sweep(tmp_path, seeds=[0])
+    assert launch(str(path), workers=1) == 0
+    sweep = load_sweep(path)
+    before = {p: json.loads((sweep.run_dir(pt) / "run.json").read_text()) for p, (pt, _) in sweep.runs.items()}
+    # the same file again: nothing runs, nothing is redone
+    assert launch(str(path), workers=1) == 0
+    assert "changed since their last run" not in capsys.readouterr().out
+    # only mamba's runs change (a model override for that variant alone)
+    path = write_sweep(tmp_path, seeds=[0], variants=["llama", {"name": "mamba", "sets": {"mamba.d_state": 8}}])
+    assert launch(str(path), workers=1) == 0
+    out = capsys.readouterr().out
+    assert "1 point(s) changed" in out and "mamba|mqar|s0: config.model.mamba.d_state: 4 -> 8" in out
+    sweep = load_sweep(path)
+    after = {p: json.loads((sweep.run_dir(pt) / "run.json").read_text()) for p, (pt, _) in sweep.runs.items()}
+    assert after["llama|mqar|s0"] == before["llama|mqar|s0"]  # untouched
+    assert after["mamba|mqar|s0"]["config"]["model"]["mamba"]["d_state"] == 8
+    assert after["mamba|mqar|s0"]["config_hash"] != before["mamba|mqar|s0"]["config_hash"]
+    moved = sweep.results / "runs" / f"mamba-mqar-s0.replaced-{before['mamba|mqar|s0']['config_hash']}"
+    assert json.loads((moved / "run.json").read_text()) == before["mamba|mqar|s0"]  # kept, not deleted
+    table = (sweep.results / "table.md").read_text()
+    assert table.count("| mamba ") == 1  # the table reads the current runs only
+
+
+def test_a_sweep_logs_every_run_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    path = write_sweep(tmp_path, seeds=[0], wandb={"project": "ablate-test", "tags": ["ci"]})
+    sweep = load_sweep(path)
+    for point, cfg in sweep.runs.values():
+        assert cfg.wandb.group == "t" and {"ci", point.variant, "seed=0"} <= set(cfg.wandb.tags)
+    assert launch(str(path), workers=1) == 0
+    for point, _ in sweep.runs.values():
+        runs = list((sweep.run_dir(point) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, point.id
+        (data,) = runs[0].glob("*.wandb")
+        assert b"val/acc" in data.read_bytes() and b"train/loss" in data.read_bytes()  # the metrics, logged

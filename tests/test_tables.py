@@ -6,8 +6,8 @@ import json
 import math
 import sys
 
-from analysis.records import load_runs
-from analysis.tables import ci95, summarize, to_markdown, write_tables
+from ablate.analysis.records import load_runs
+from ablate.analysis.tables import ci95, summarize, to_markdown, write_tables
 
 
 def fake_run(root, variant, seed, acc, status="finished"):

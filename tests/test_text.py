@@ -10,7 +10,8 @@ import pytest
 
 from ablate.config import ConfigError
 from ablate.tasks.text import TextConfig, TextData, read_source
-from ablate.train.run import run_config, train
+from ablate.train.config import run_config
+from ablate.train.run import train
 from tests.conftest import SHARED_DATA
 from tests.helpers import TINY_MODEL
 
@@ -63,3 +64,12 @@ def test_train_on_shakespeare_evaluate_on_wikitext(tmp_path):
     ppl = record["metrics"]["val/ppl"]
     assert 1 < ppl < 512  # better than uniform over the vocabulary after 40 steps
     assert "val/valid/loss" in record["metrics"]
+    # the run is self-contained: its tokenizer is inside, and the API decodes text with it
+    import ablate
+
+    assert (tmp_path / "run" / "tokenizer.json").exists()
+    run = ablate.load_run(tmp_path / "run")
+    assert isinstance(run.generate("To be, or not", max_new_tokens=5), str)
+    exported = ablate.load_run(ablate.export_run(tmp_path / "run", tmp_path / "export"))
+    assert (tmp_path / "export" / "tokenizer.json").exists()
+    assert exported.tokenizer.to_str() == run.tokenizer.to_str()

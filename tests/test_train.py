@@ -108,7 +108,7 @@ def test_throughput_counts_timed_steps_and_leaves_validation_out():
 
     import torch
 
-    from ablate.train.run import Throughput
+    from ablate.train.callbacks import Throughput
 
     module = SimpleNamespace(device=torch.device("cpu"))
     trainer = SimpleNamespace(world_size=1, sanity_checking=False)
@@ -124,3 +124,41 @@ def test_throughput_counts_timed_steps_and_leaves_validation_out():
     meter.on_train_end(trainer, module)
     assert meter.tokens == 2 * 16  # the steps after the skipped one
     assert 0.03 < meter.seconds < 0.2
+
+
+def test_a_changed_configuration_under_an_existing_run_name_is_refused(tmp_path):
+    from ablate.train.identity import RunConflict
+
+    first = json.loads(json.dumps(train(tiny_mqar(tmp_path, steps=10, every=5), tmp_path / "run"), default=str))
+    with pytest.raises(RunConflict) as err:
+        train(tiny_mqar(tmp_path, steps=20, every=5, extra=["size.d_model=16"]), tmp_path / "run")
+    message = str(err.value)
+    assert "config.recipe.max_steps: 10 -> 20" in message and "config.model.size.d_model: 32 -> 16" in message
+    assert "--name" in message and "--overwrite" in message
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == first  # untouched
+    # where files live is not part of a run's identity
+    moved_cache = tiny_mqar(tmp_path, steps=10, every=5, extra=[f"mqar.cache_dir={tmp_path / 'elsewhere'}"])
+    assert train(moved_cache, tmp_path / "run") == first
+    # replace: the old run is moved aside, the new one runs
+    second = train(tiny_mqar(tmp_path, steps=20, every=5), tmp_path / "run", replace=True)
+    assert second["steps"] == 20 and second["attempts"] == 1
+    aside = tmp_path / f"run.replaced-{first['config_hash']}"
+    assert json.loads((aside / "run.json").read_text())["steps"] == 10
+
+
+def test_the_progress_bar_counts_the_runs_steps(tmp_path, capsys):
+    train(tiny_mqar(tmp_path, steps=20, every=5), tmp_path / "run", progress=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "20/20" in text and "train" in text  # one bar over all 20 steps, not one per evaluation interval
+    assert "Epoch" not in text and "GPU available" not in text and "Tip" not in text
+
+
+def test_tensorboard_logs_beside_the_csv_when_asked(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_mqar(tmp_path, steps=10, every=5), tensorboard=True)
+    first = train(cfg, tmp_path / "run")
+    assert list((tmp_path / "run" / "tensorboard" / "attempt1").glob("events.out.tfevents.*"))
+    # how a run is watched is not what it computes: the same run, not a conflict
+    assert train(dataclasses.replace(cfg, tensorboard=False), tmp_path / "run")["config_hash"] == first["config_hash"]

@@ -30,8 +30,11 @@ from ablate.config import ConfigError, from_dict, knob, load_yaml, nested, overr
 from ablate.registry import TASKS
 from ablate.sizing import match
 from ablate.tasks import default_task
+from ablate.train.config import RunConfig, section
+from ablate.train.identity import differences, identity
 from ablate.train.recipe import RecipeConfig
-from ablate.train.run import RunConfig, section
+from ablate.train.run import read_record
+from ablate.train.tracking import WandbConfig
 from ablate.variants import load_variant
 
 
@@ -63,6 +66,8 @@ class SweepConfig:
     recipe: RecipeConfig = nested(RecipeConfig, "the recipe shared by all runs")
     evaluate: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "evaluations after training for every run: name -> its config section"})
+    wandb: WandbConfig | None = knob(None, "log every run to W&B (group: the sweep; tags: the point)", identity=False)
+    tensorboard: bool = knob(False, "log every run to TensorBoard too", identity=False)
     storage: str | None = knob(None, "Optuna storage URL (default sqlite:///RESULTS/study.db)")
     results: str | None = knob(None, "results directory (default results/NAME)")
 
@@ -102,6 +107,23 @@ class Sweep:
     def run_dir(self, point: Point) -> Path:
         return self.results / "runs" / point.dirname
 
+    def config_hash(self, point_id: str) -> str:
+        """The identity hash of a point's run (``train.run.identity``): a trial is for this file's
+        version of the point exactly when it carries this hash."""
+        return identity(self.runs[point_id][1])[1]
+
+    def changed_points(self) -> dict[str, str]:
+        """Points whose run directory holds a run of another configuration (the file changed
+        since): point id -> what changed. Their runs are redone, the old ones moved aside."""
+        changed = {}
+        for point_id, (point, cfg) in self.runs.items():
+            record = read_record(self.run_dir(point))
+            ident, digest = identity(cfg)
+            if record is not None and record.get("config_hash") != digest:
+                diff = differences(record.get("identity", {}), ident) if "identity" in record else ["(no identity)"]
+                changed[point_id] = "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
+        return changed
+
     @property
     def labels(self) -> list[str]:
         return list(dict.fromkeys(p.variant for p, _ in self.runs.values()))
@@ -124,14 +146,38 @@ def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, where: str):
     return model
 
 
+def _wandb_for(cfg: SweepConfig, point: Point) -> WandbConfig | None:
+    """The sweep's W&B section for one point: grouped by sweep, tagged with what the point varies."""
+    if cfg.wandb is None:
+        return None
+    tags = (*cfg.wandb.tags, point.variant, point.task, f"seed={point.seed}",
+            *(f"{k}={json.dumps(v)}" for k, v in point.knobs))
+    return dataclasses.replace(cfg.wandb, group=cfg.wandb.group or cfg.name, tags=tags)
+
+
 def _task_sections(raw: dict, path: Path) -> dict[str, Any]:
     """Take each registered task's section out of the file's mapping, strictly converted."""
     return {name: section(TASKS.get(name).config, raw.pop(name), name, str(path))
             for name in TASKS.names() if name in raw}
 
 
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "presets" / "sweeps"  # shipped; sweeps/ links here
+
+
+def sweep_path(name_or_path: str | Path) -> Path:
+    """A sweep file's path: a path as given, or the name of a shipped sweep (``default``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = SWEEPS_DIR / f"{name_or_path}.yaml"
+    if not shipped.exists():
+        names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise ConfigError(f"no sweep file '{name_or_path}'; give a path or a shipped sweep: {names}")
+    return shipped
+
+
 def load_sweep(path: str | Path) -> Sweep:
-    path = Path(path)
+    path = sweep_path(path)
     raw = load_yaml(path)
     sections = _task_sections(raw, path)
     cfg = from_dict(SweepConfig, raw, str(path), also_allowed=TASKS.names())
@@ -157,7 +203,8 @@ def load_sweep(path: str | Path) -> Sweep:
                 recipe = dataclasses.replace(cfg.recipe, seed=seed)
                 try:
                     run = RunConfig(variant=point.variant, model=model, task=task, recipe=recipe,
-                                    data=sections.get(task), evaluate=cfg.evaluate)
+                                    data=sections.get(task), evaluate=cfg.evaluate,
+                                    wandb=_wandb_for(cfg, point), tensorboard=cfg.tensorboard)
                 except ConfigError as err:
                     raise ConfigError(f"{path}: {err}") from None
                 runs[point.id] = (point, run)

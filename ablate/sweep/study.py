@@ -42,6 +42,8 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
+    # heartbeats and their retry callback are marked experimental by Optuna; the note is not about the study
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
@@ -63,17 +65,28 @@ def open_study(sweep: Sweep, storage: RDBStorage, wait_s: float = 300) -> optuna
         if time.time() > deadline:
             raise TimeoutError(f"study '{sweep.cfg.name}' exists but its grid was never enqueued")
         time.sleep(1)
-    if set(study.user_attrs["points"]) != set(sweep.runs):  # the sweep file gained points
+    if not set(trial_keys(sweep)) <= set(study.user_attrs["points"]):  # the file gained or changed points
         _enqueue_missing(study, sweep)
     return study
 
 
+def trial_keys(sweep: Sweep) -> dict[str, str]:
+    """'point id#config hash' of every point: a changed configuration is a new key, so its point
+    runs again and a trial of the old version is never taken for it."""
+    return {f"{point_id}#{sweep.config_hash(point_id)}": point_id for point_id in sweep.runs}
+
+
+def trial_key(trial) -> str:
+    return f"{trial.user_attrs.get('point')}#{trial.user_attrs.get('config_hash')}"
+
+
 def _enqueue_missing(study: optuna.Study, sweep: Sweep) -> None:
-    known = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False)}
-    for point_id in sweep.runs:
-        if point_id not in known:
-            study.enqueue_trial({}, user_attrs={"point": point_id})
-    study.set_user_attr("points", sorted(set(study.user_attrs.get("points", [])) | set(sweep.runs)))
+    known = {trial_key(t) for t in study.get_trials(deepcopy=False)}
+    keys = trial_keys(sweep)
+    for key, point_id in keys.items():
+        if key not in known:
+            study.enqueue_trial({}, user_attrs={"point": point_id, "config_hash": sweep.config_hash(point_id)})
+    study.set_user_attr("points", sorted(set(study.user_attrs.get("points", [])) | set(keys)))
 
 
 @contextlib.contextmanager
@@ -95,7 +108,7 @@ def claim_lock(storage: RDBStorage):
 
 
 def claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | None:
-    """Move one WAITING trial to RUNNING; -> (trial id, number, point id) or None when none left."""
+    """Move one WAITING trial to RUNNING; -> (trial id, number, trial key) or None when none left."""
     with claim_lock(storage):
         return _claim(study, storage)
 
@@ -107,7 +120,7 @@ def _claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | N
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 storage.record_heartbeat(trial_id)
-                return trial_id, frozen.number, frozen.user_attrs["point"]
+                return trial_id, frozen.number, trial_key(frozen)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # finished by someone else between the listing and the claim
     return None
@@ -140,16 +153,18 @@ def objective(record: dict) -> float:
 
 
 def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> None:
-    trial_id, number, point_id = claimed
-    if point_id not in sweep.runs:
-        storage.set_trial_user_attr(trial_id, "reason", "point is not in this worker's sweep file")
+    trial_id, number, key = claimed
+    point_id = trial_keys(sweep).get(key)
+    if point_id is None:
+        storage.set_trial_user_attr(trial_id, "reason", "point (or this configuration of it) is not in this "
+                                    "worker's sweep file")
         study.tell(number, state=TrialState.FAIL)
         return
     point, cfg = sweep.runs[point_id]
     storage.set_trial_user_attr(trial_id, "run_dir", str(sweep.run_dir(point)))
     with Heartbeat(storage, trial_id):
-        try:
-            record = train(cfg, sweep.run_dir(point))
+        try:  # the file is authoritative: a run of an older version of the point is moved aside
+            record = train(cfg, sweep.run_dir(point), replace=True)
         except Exception as err:  # the sweep goes on; the reason stays in the study and run.json
             storage.set_trial_user_attr(trial_id, "reason", f"{type(err).__name__}: {err}"[:2000])
             study.tell(number, state=TrialState.FAIL)

@@ -60,7 +60,7 @@ class MQARConfig:
     )
     data_seed: int = knob(123, "base seed of the generated data (same for every run of a study)")
     eval_batch_size: int = knob(128, "batch size for evaluation")
-    cache_dir: str = knob(".cache/mqar", "where generated segments are cached")
+    cache_dir: str = knob(".cache/mqar", "where generated segments are cached", identity=False)
 
 
 def check_segment(seg: Segment, vocab_size: int, where: str) -> None:

@@ -41,7 +41,7 @@ class TextConfig:
     seq_len: int = knob(256, "tokens per training sequence")
     max_val_tokens: int | None = knob(200_000, "cap on tokens per validation source")
     eval_batch_size: int = knob(32, "batch size for evaluation")
-    cache_dir: str = knob(".cache/text", "tokenizer and token-stream cache")
+    cache_dir: str = knob(".cache/text", "tokenizer and token-stream cache", identity=False)
 
 
 def _open(path: Path):

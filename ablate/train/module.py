@@ -13,16 +13,28 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ablate.config import ModelConfig
+from ablate.config import ModelConfig, from_dict, to_dict
 from ablate.model import LM
 from ablate.ops.backends import Backends
 from ablate.train.recipe import RecipeConfig, build_optimizer
 
 
 class LitLM(L.LightningModule):
-    def __init__(self, model_cfg: ModelConfig, recipe: RecipeConfig, max_steps: int,
-                 val_names: list[str], backends: Backends):
+    """Arguments may be the configs or their plain dicts: the checkpoint keeps the dicts as its
+    hyperparameters, so ``LitLM.load_from_checkpoint(path)`` rebuilds the module (with
+    ``weights_only`` loading: no pickled classes in the checkpoint)."""
+
+    def __init__(self, model_cfg: ModelConfig | dict, recipe: RecipeConfig | dict, max_steps: int,
+                 val_names: list[str], backends: Backends | dict | None = None):
         super().__init__()
+        if isinstance(model_cfg, dict):
+            model_cfg = from_dict(ModelConfig, model_cfg, "checkpoint hyperparameters", "model_cfg.")
+        if isinstance(recipe, dict):
+            recipe = from_dict(RecipeConfig, recipe, "checkpoint hyperparameters", "recipe.")
+        if isinstance(backends, dict):
+            backends = Backends(**backends)
+        self.save_hyperparameters({"model_cfg": to_dict(model_cfg), "recipe": to_dict(recipe), "max_steps": max_steps,
+                                   "val_names": list(val_names), "backends": (backends or Backends()).as_dict()})
         self.model = LM(model_cfg, backends)
         self.recipe, self.max_steps, self.val_names = recipe, max_steps, val_names
 

@@ -14,107 +14,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 
 import ablate
 import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
-from ablate.config import ConfigError, ModelConfig, from_dict, knob, nested, override, parse_assignment, to_dict
+from ablate.config import ModelConfig, to_dict
 from ablate.ops.backends import resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
-from ablate.tasks import default_task
+from ablate.train.callbacks import StepProgressBar, Throughput
+from ablate.train.config import RunConfig
+from ablate.train.identity import check_identity, identity
 from ablate.train.module import LitLM
-from ablate.train.recipe import RecipeConfig
-from ablate.variants import load_variant
-
-
-def section(cls: type, value: Any, key: str, where: str) -> Any:
-    """A registered task's or evaluation's config section: an instance of ``cls`` as it is, a
-    mapping converted strictly (errors name ``key``), None for the defaults."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return from_dict(cls, value, where, prefix=f"{key}.")
-    raise ConfigError(f"{where}: key '{key}' must be a mapping of {cls.__name__} fields, got {type(value).__name__}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    variant: str = knob("llama", "variant name (variants/NAME.yaml)")
-    model: ModelConfig = nested(ModelConfig, "the variant's model config after overrides")
-    task: str = knob(default_task(), "task to train and evaluate on (a name in the task registry)")
-    recipe: RecipeConfig = nested(RecipeConfig, "the training recipe")
-    data: Any = knob(None, "the task's config section (None: the task's defaults)")
-    evaluate: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "evaluations after training: name -> its config section (see ablate.evaluate)"})
-    wandb: bool = knob(False, "also log to Weights & Biases (offline without network)")
-
-    def __post_init__(self):  # resolve the task's and the evaluations' sections through the registries
-        task = TASKS.get(self.task)
-        object.__setattr__(self, "data", section(task.config, self.data, self.task, "run config"))
-        evaluate = {name: section(EVALUATIONS.get(name).config, value, f"evaluate.{name}", "run config")
-                    for name, value in self.evaluate.items()}
-        object.__setattr__(self, "evaluate", evaluate)
-
-
-class Throughput(L.Callback):
-    """Training tokens per second, timed from the end of the first `skip` steps (compilation,
-    warm-up) to the end of training, with validation left out. The GPU is synchronised only
-    where the clock starts, pauses and stops, not at every step, so timing does not slow the
-    training it measures."""
-
-    def __init__(self, skip: int = 3):
-        self.skip, self.seen, self.tokens, self.seconds = skip, 0, 0, 0.0
-        self.started: float | None = None
-
-    def _start(self, module) -> None:
-        self._sync(module)
-        self.started = time.perf_counter()
-
-    def _stop(self, module) -> None:
-        if self.started is not None:
-            self._sync(module)
-            self.seconds += time.perf_counter() - self.started
-            self.started = None
-
-    @staticmethod
-    def _sync(module) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.seen += 1
-        if self.seen == self.skip:
-            self._start(module)
-        elif self.seen > self.skip:
-            self.tokens += batch[0].numel() * trainer.world_size
-
-    def on_validation_start(self, trainer, module):
-        self._stop(module)
-
-    def on_validation_end(self, trainer, module):
-        if self.seen >= self.skip and not trainer.sanity_checking:
-            self._start(module)
-
-    def on_train_end(self, trainer, module):
-        self._stop(module)
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.tokens and self.seconds else None
+from ablate.train.tracking import finish_tracking, tensorboard_logger, wandb_logger
 
 
 def git_revision() -> str | None:
@@ -163,6 +86,19 @@ def resolve_steps(cfg: RunConfig, seq_len: int) -> int:
     return steps
 
 
+def write_self_contained(run_dir: Path, cfg: RunConfig, model_cfg: ModelConfig, data) -> None:
+    """What a run needs besides run.json to be used without the code's caches or variant files:
+    the resolved variant (``variant.yaml``, loadable by ``load_variant``) and, for a task with a
+    tokenizer, ``tokenizer.json``."""
+    import yaml
+
+    variant = {"name": cfg.variant, "description": f"resolved model of run {run_dir.name}", **to_dict(model_cfg)}
+    (run_dir / "variant.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+
+
 def read_record(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "run.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -175,22 +111,35 @@ def write_record(run_dir: Path, record: dict) -> None:
     tmp.replace(path)
 
 
+def quiet_lightning() -> None:
+    """Lightning's start-up notes (accelerators found, tips) and known third-party deprecation
+    noise are not about the run; warnings about the run itself still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning on new torch
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")  # in-memory data needs none
+    warnings.filterwarnings("ignore", message=r".*LitModelCheckpoint|.*litmodels")
+
+
 def _loggers(cfg: RunConfig, run_dir: Path, attempt: int) -> list:
     loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
-    if cfg.wandb:
-        from ablate.train.tracking import wandb_logger
-
-        loggers.append(wandb_logger(cfg, run_dir))
+    if cfg.wandb is not None:
+        loggers.append(wandb_logger(cfg, cfg.wandb, run_dir))
+    if cfg.tensorboard:
+        loggers.append(tensorboard_logger(run_dir, attempt))
     return loggers
 
 
-def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
-    """Train (or resume, or skip if finished) one run; returns its record."""
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False) -> dict:
+    """Train (or resume, or skip if finished) one run; returns its record. A directory that holds
+    a run of another configuration is a RunConflict, or with ``replace`` is moved aside first."""
     run_dir = Path(run_dir)
-    previous = read_record(run_dir)
+    previous = check_identity(run_dir, read_record(run_dir), cfg, replace)
     if previous and previous.get("status") == "finished":
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
+    quiet_lightning()
     steps_per_epoch = cfg.recipe.eval_every
     data, vocab, seq_len = build_data(cfg, steps_per_epoch)
     max_steps = resolve_steps(cfg, seq_len)
@@ -202,9 +151,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         precision = "bf16-mixed" if on_gpu else "32-true"
     backends = resolve(cfg.recipe.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
     attempt = (previous or {}).get("attempts", 0) + 1
+    ident, digest = identity(cfg)
     record = {
         "name": run_dir.name, "variant": cfg.variant, "task": cfg.task, "seed": cfg.recipe.seed,
-        "status": "running", "attempts": attempt,
+        "status": "running", "attempts": attempt, "config_hash": digest, "identity": ident,
         "config": to_dict(dataclasses.replace(cfg, model=model_cfg)),
         "plan": [spec.describe().strip() for spec in expand(model_cfg)],
         "params": count_params(model_cfg).as_dict(),
@@ -218,8 +168,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
     }
     write_record(run_dir, record)
+    write_self_contained(run_dir, cfg, model_cfg, data)
+    loggers = []
     try:
         L.seed_everything(cfg.recipe.seed, workers=True, verbose=False)
+        loggers = _loggers(cfg, run_dir, attempt)
         module = LitLM(model_cfg, cfg.recipe, max_steps, data.val_names, backends)
         throughput = Throughput()
         ckpt_dir = run_dir / "checkpoints"
@@ -227,9 +180,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
             max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
             accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
             precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
-            logger=_loggers(cfg, run_dir, attempt), log_every_n_steps=min(10, steps_per_epoch),
+            logger=loggers, log_every_n_steps=min(10, steps_per_epoch),
             callbacks=[throughput, L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1)],
+                dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1),
+                *([StepProgressBar()] if progress else [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             deterministic=not on_gpu,
         )
@@ -241,47 +195,20 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False) -> dict:
         if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
             trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        metrics.update(evaluate(cfg, module.model, data, run_dir))
+        evaluations = evaluate(cfg, module.model, data, run_dir)
+        for logger in loggers:  # the evaluations' metrics go wherever the training curves went
+            logger.log_metrics(evaluations, step=trainer.global_step)
+        metrics.update(evaluations)
     except BaseException as err:
         record.update(status="failed", reason=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=8))
         write_record(run_dir, record)
         raise
+    finally:
+        finish_tracking(loggers, failed=record["status"] == "failed")
     record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
                   train_seconds=time.time() - started, steps=trainer.global_step)
     write_record(run_dir, record)
     return record
 
 
-def run_config(variant: str, task: str | None = None, sets: list[str] = (), where: str = "--set") -> RunConfig:
-    """RunConfig for VARIANT on TASK (default: the default task) with ``key=value`` overrides:
-    model keys (``size.d_model=64``), ``recipe.KEY``, the task's own section (``TASK.KEY``),
-    ``evaluate.NAME.KEY`` (adds evaluation NAME), or ``wandb``."""
-    task = task or default_task()
-    cfg = RunConfig(variant=variant, model=load_variant(variant).model, task=task)
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    for text in sets:
-        key, value = parse_assignment(text, where)
-        head, _, rest = key.partition(".")
-        if head in model_keys:
-            cfg = dataclasses.replace(cfg, model=override(cfg.model, key, value, where))
-        elif head == task and rest:
-            cfg = dataclasses.replace(cfg, data=override(cfg.data, rest, value, where, _prefix=f"{task}."))
-        elif head in TASKS:
-            raise ConfigError(f"{where}: key '{key}' is for task '{head}'; this run's task is '{task}'")
-        elif head == "evaluate" and rest:
-            cfg = _override_evaluation(cfg, rest, value, where)
-        elif head in ("recipe", "wandb"):
-            cfg = override(cfg, key, value, where)
-        else:
-            raise ConfigError(f"{where}: unknown key '{key}'; allowed: a model key ({', '.join(sorted(model_keys))}"
-                              f"; `ablate keys` lists them), recipe.KEY, {task}.KEY, evaluate.NAME.KEY, wandb")
-    return cfg
-
-
-def _override_evaluation(cfg: RunConfig, key: str, value: Any, where: str) -> RunConfig:
-    name, _, rest = key.partition(".")
-    evaluation = EVALUATIONS.get(name)
-    current = cfg.evaluate.get(name) or evaluation.config()
-    new = override(current, rest, value, where, _prefix=f"evaluate.{name}.") if rest else value
-    return dataclasses.replace(cfg, evaluate={**cfg.evaluate, name: new})

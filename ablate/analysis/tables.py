@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.records import load_runs
+from ablate.analysis.records import load_runs
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30; beyond that the normal 1.96.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -90,7 +90,7 @@ def write_tables(results: str | Path, order: list[str] | None = None) -> dict[st
     summary.to_csv(paths["csv"], index=False)
     runs.to_csv(paths["runs_csv"], index=False)
     if not summary.empty and summary["headline"].notna().any():
-        from analysis.plots import headline_vs_cache
+        from ablate.analysis.plots import headline_vs_cache
 
         paths["plot"] = headline_vs_cache(summary, results / "headline_vs_cache.png")
     return {k: str(v) for k, v in paths.items()}

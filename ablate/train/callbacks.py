@@ -1,0 +1,85 @@
+"""The run's callbacks beyond checkpointing: measured training throughput and a progress bar
+over the run's steps."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class Throughput(L.Callback):
+    """Training tokens per second, timed from the end of the first `skip` steps (compilation,
+    warm-up) to the end of training, with validation left out. The GPU is synchronised only
+    where the clock starts, pauses and stops, not at every step, so timing does not slow the
+    training it measures."""
+
+    def __init__(self, skip: int = 3):
+        self.skip, self.seen, self.tokens, self.seconds = skip, 0, 0, 0.0
+        self.started: float | None = None
+
+    def _start(self, module) -> None:
+        self._sync(module)
+        self.started = time.perf_counter()
+
+    def _stop(self, module) -> None:
+        if self.started is not None:
+            self._sync(module)
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+
+    @staticmethod
+    def _sync(module) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seen += 1
+        if self.seen == self.skip:
+            self._start(module)
+        elif self.seen > self.skip:
+            self.tokens += batch[0].numel() * trainer.world_size
+
+    def on_validation_start(self, trainer, module):
+        self._stop(module)
+
+    def on_validation_end(self, trainer, module):
+        if self.seen >= self.skip and not trainer.sanity_checking:
+            self._start(module)
+
+    def on_train_end(self, trainer, module):
+        self._stop(module)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.tokens and self.seconds else None
+
+
+class StepProgressBar(TQDMProgressBar):
+    """A progress bar over the run's optimizer steps. Lightning's epochs are this recipe's evaluation
+    intervals (checkpoint and validation points), so its per-epoch bar would restart at every
+    evaluation and its ETA would be the interval's; this bar counts global steps to max_steps, from
+    where a resumed run starts, with the current metrics as its postfix."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step  # a resumed run: the ETA counts only what is left
+        bar.set_description("train")
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the whole run
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

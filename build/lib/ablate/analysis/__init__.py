@@ -1,0 +1,1 @@
+"""Tables and plots from run records (run.json files). Never imports model code."""

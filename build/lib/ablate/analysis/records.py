@@ -1,0 +1,48 @@
+"""Load run records into a flat pandas DataFrame (one row per run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def summary_metrics(rec: dict) -> list[dict]:
+    """The run's summary metrics with their directions, headline first (``metric_specs``, written
+    by the run from its task and evaluations). Records from before ablate wrote them: every
+    top-level val/NAME metric, no direction, no headline."""
+    if "metric_specs" in rec:
+        return rec["metric_specs"]
+    return [{"name": k, "direction": None} for k in rec.get("metrics", {}) if k.count("/") == 1]
+
+
+def load_runs(results: str | Path) -> pd.DataFrame:
+    """Every RESULTS/runs/*/run.json (or RESULTS/*/run.json) as one row with dotted columns.
+    ``metric_specs`` holds the run's summary metrics (JSON), ``headline`` its headline metric."""
+    results = Path(results)
+    paths = sorted(results.glob("runs/*/run.json")) or sorted(results.glob("*/run.json"))
+    rows = []
+    for path in paths:
+        rec = json.loads(path.read_text())
+        row = {
+            "run": rec["name"], "variant": rec["variant"], "task": rec["task"], "seed": rec["seed"],
+            "status": rec["status"], "reason": rec.get("reason"),
+            "params": rec["params"]["total"], "params_non_embedding": rec["params"]["non_embedding"],
+            "attn_ssm_ratio": rec["params"]["attn_ssm_ratio"],
+            "cache_mb": rec["cache_bytes"]["fp16"]["total"] / 1e6, "cache_seq_len": rec["cache_seq_len"],
+            "tokens_per_s": rec.get("tokens_per_s"), "precision": rec.get("precision"),
+            "device": rec.get("device"), "dir": str(path.parent),
+        }
+        specs = summary_metrics(rec)
+        row["metric_specs"] = json.dumps(specs)
+        row["headline"] = specs[0]["name"] if specs and specs[0]["direction"] else None
+        metrics = rec.get("metrics", {})
+        # summary metrics in the task's order, per-part ones in its part order (e.g. the MQAR test
+        # grid), then the rest
+        ordered = [m["name"] for m in specs]
+        ordered += [f"val/{part}/{m}" for part in rec.get("val_parts", []) for m in ("acc", "loss")]
+        row.update({k: metrics[k] for k in ordered if k in metrics})
+        row.update(metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,118 @@
+"""What every SSM path shares: the conv with its cache, the single-step test, the dt init, the
+forward skeleton, the state accounting, and the standalone SSM mixer (in_proj -> path -> out_proj).
+
+A path subclass of ``SSMPath`` says how to ``prepare`` its projected slice (conv, dt, B, C), how to
+run the sequence op (``run_sequence``: scan or SSD, returns output and final state), one decoding
+step (``run_step``: the state updated in place) and its implicit attention map; the skeleton in
+``forward`` does the rest the same way for every path.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+from ablate.mixers.base import Context, LayerCache, Mixer, MixerOutput
+from ablate.ops.conv1d import causal_conv1d, conv_step
+
+
+def stepping(cache: LayerCache | None, T: int) -> bool:
+    """Decoding a single token with states already in the cache (the single-step update path)."""
+    return cache is not None and cache.ssm is not None and T == 1
+
+
+def cached_conv(x: Tensor, conv: nn.Conv1d, cache: LayerCache | None, impl: str) -> Tensor:
+    """Causal depthwise conv + SiLU over x (B, C, T). With a cache it continues from the cache's
+    conv state and updates it (in place for a single decoding step)."""
+    w = conv.weight.squeeze(1)
+    if cache is None:
+        return causal_conv1d(x, w, conv.bias, impl=impl)
+    if stepping(cache, x.shape[-1]):
+        return conv_step(cache.conv, x[..., 0], w, conv.bias)[..., None]
+    y, state = causal_conv1d(x, w, conv.bias, initial_state=cache.conv, return_final_state=True, impl=impl)
+    cache.store("conv", state)
+    return y
+
+
+def inverse_softplus_dt(n: int, dt_min: float, dt_max: float) -> Tensor:
+    """Bias whose softplus is a log-uniform dt in [dt_min, dt_max] (Mamba's dt init)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class SSMPath(nn.Module):
+    """Base of the SSM paths. Subclasses set ``in_dim`` (projected slice width), ``d_inner``
+    (output width), ``conv_channels``, ``cfg`` (with d_state, d_conv) and implement the hooks."""
+
+    in_dim: int
+    d_inner: int
+    conv_channels: int
+
+    @abstractmethod
+    def prepare(self, u: Tensor, ctx: Context) -> tuple[Tensor, ...]:
+        """The slice u (B, T, in_dim) -> (x, z, dt, B, C) after the conv (conv cache updated)."""
+
+    @abstractmethod
+    def run_sequence(self, x, z, dt, B, C, initial_state: Tensor | None, with_state: bool):
+        """-> (output (B, T, d_inner), final state or None)."""
+
+    @abstractmethod
+    def run_step(self, state: Tensor, x, z, dt, B, C) -> Tensor:
+        """One token: update ``state`` in place -> output (B, 1, d_inner)."""
+
+    @abstractmethod
+    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        """The recurrence as attention: alpha (B, channels or heads, T, T), causal."""
+
+    def forward(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
+        cache = ctx.cache
+        step = stepping(cache, u.shape[1])  # decided before prepare() fills a fresh cache's conv state
+        x, z, dt, B, C = self.prepare(u, ctx)
+        if step:  # one token: update the state in place instead of running the sequence op
+            return self.run_step(cache.ssm, x, z, dt, B, C), None
+        y, state = self.run_sequence(x, z, dt, B, C, initial_state=None if cache is None else cache.ssm,
+                                     with_state=cache is not None)
+        if cache is not None:
+            cache.store("ssm", state.to(u.dtype))
+        return y, self.implicit_map(dt, B, C) if ctx.want_map else None
+
+    def cache_bytes(self, bytes_per_el: int) -> dict[str, int]:
+        return {
+            "ssm": self.d_inner * self.cfg.d_state * bytes_per_el,
+            "conv": self.conv_channels * (self.cfg.d_conv - 1) * bytes_per_el,
+        }
+
+    def sequence_flops(self) -> float:
+        """About 7 FLOPs per channel, state and step (decay, input, state update, readout)."""
+        return 7 * self.d_inner * self.cfg.d_state
+
+
+class SSMMixer(Mixer):
+    """in_proj -> SSM path -> out_proj (no biases): the standalone Mamba and Mamba-2 mixers."""
+
+    has_attention, has_ssm = False, True
+
+    def __init__(self, d_model: int, ssm: SSMPath):
+        super().__init__()
+        self.ssm = ssm
+        self.in_proj = nn.Linear(d_model, ssm.in_dim, bias=False)
+        self.out_proj = nn.Linear(ssm.d_inner, d_model, bias=False)
+
+    def forward(self, x: Tensor, ctx: Context) -> MixerOutput:
+        y, alpha = self.ssm(self.in_proj(x), ctx)
+        return MixerOutput(self.out_proj(y), maps={} if alpha is None else {"ssm": alpha})
+
+    def reset_parameters(self) -> None:
+        self.ssm.reset_parameters()
+
+    def cache_bytes(self, seq_len: int, n_meta: int, bytes_per_el: int) -> dict[str, int]:
+        return self.ssm.cache_bytes(bytes_per_el)
+
+    def sequence_flops(self, seq_len: int, n_meta: int) -> float:
+        return self.ssm.sequence_flops()
+
+    def param_split(self) -> dict[str, int]:
+        return {"attention": 0, "ssm": sum(p.numel() for p in self.parameters()), "shared": 0}

@@ -1,0 +1,76 @@
+"""Resolve the kernel implementation of every op once per run.
+
+The resolved names go into the run record because a different kernel changes speed and
+numerics. An explicitly requested backend that is not available is an error with an install
+hint, never a silent fallback; no op decides by try/except inside a forward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Backends:
+    scan: str = "loop"
+    ssd: str = "chunked"
+    attention: str = "sdpa"
+    conv1d: str = "torch"
+    compile: bool = False  # torch.compile each block for full-sequence forwards (training, prefill)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def available() -> dict[str, bool]:
+    cuda = torch.cuda.is_available()
+    return {
+        "cuda": cuda,
+        "triton": cuda and _has("triton"),
+        "mamba_ssm": cuda and _has("mamba_ssm"),
+        "causal_conv1d": cuda and _has("causal_conv1d"),
+    }
+
+
+def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile: str = "off") -> Backends:
+    """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device.
+    'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error.
+    compile: 'on' | 'off' | 'auto' (on with a CUDA device: measured faster, benchmarks/RESULTS.md)."""
+    on_cuda = torch.device(device).type == "cuda"
+    if compile not in ("auto", "on", "off"):
+        raise BackendError(f"compile must be one of auto, on, off; got '{compile}'")
+    compiled = compile == "on" or (compile == "auto" and on_cuda)
+    have = available()
+    if requested in ("triton", "cuda") and not on_cuda:
+        raise BackendError(f"backend '{requested}' needs a CUDA device; got device '{device}'")
+    if requested == "cuda" and not have["mamba_ssm"]:
+        raise BackendError("backend 'cuda' needs mamba-ssm: pip install 'ablate[cuda]'")
+    if requested == "triton" and not have["triton"]:
+        raise BackendError("backend 'triton' needs triton: pip install triton")
+    if requested == "torch" or not on_cuda:
+        return Backends(compile=compiled)
+    from ablate.ops import scan as scan_ops
+
+    if requested == "triton" and "triton" not in scan_ops.IMPLS:
+        raise BackendError(f"backend 'triton': {scan_ops.TRITON_MISSING}")
+
+    if requested == "cuda":
+        scan = "cuda"
+        scan_ops.register_mamba_ssm()
+    elif have["triton"] and "triton" in scan_ops.IMPLS:
+        scan = "triton"
+    else:
+        scan = "loop"
+    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa",
+                    conv1d="triton" if have["triton"] else "torch", compile=compiled)

@@ -1,0 +1,57 @@
+"""Mamba-1 selective scan. ``selective_scan(..., impl=NAME)`` dispatches to one implementation;
+the name comes from ``ops.backends.resolve`` and is recorded with the run."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ablate.ops.scan import loop, reference
+
+IMPLS = {
+    "reference": reference.selective_scan,
+    "loop": loop.selective_scan,
+}
+# why impl 'triton' is missing where Triton is installed (ops.backends decides whether it is used)
+TRITON_MISSING = "triton is not installed"
+if importlib.util.find_spec("triton") is not None:
+    try:
+        from ablate.ops.scan import triton as _triton_scan
+    except (ImportError, AttributeError) as err:  # a Triton without the Gluon API the kernels use
+        TRITON_MISSING = f"the Triton scan is written in Gluon (Triton 3.6); this Triton lacks it: {err}"
+    else:
+        IMPLS["triton"] = _triton_scan.selective_scan
+
+
+def register_mamba_ssm() -> None:
+    """Add mamba-ssm's CUDA kernel as impl 'cuda' (backend 'cuda'; checked by ops.backends)."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    @torch.compiler.disable  # a C++ extension: compiled blocks call it as it is
+    def cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
+             return_final_state=False):
+        if initial_state is not None:
+            raise ValueError("mamba-ssm's selective_scan_fn takes no initial state; use backend 'triton'")
+        # the CUDA kernel takes D and the dt bias in fp32 only
+        D = D.float() if D is not None else None
+        delta_bias = delta_bias.float() if delta_bias is not None else None
+        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_final_state)
+
+    IMPLS["cuda"] = cuda
+
+
+def selective_scan(*args, impl: str = "loop", **kwargs):
+    return IMPLS[impl](*args, **kwargs)
+
+
+def selective_state_update(h, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=True):
+    """One decoding step. h: (B, D, N) updated in place; u, delta, z: (B, D); B, C: (B, N)."""
+    y, h_new = reference.selective_scan(
+        u[..., None], delta[..., None], A, B[..., None], C[..., None], D,
+        None if z is None else z[..., None], delta_bias, delta_softplus,
+        initial_state=h, return_final_state=True,
+    )
+    h.copy_(h_new)
+    return y[..., 0]

@@ -1,0 +1,19 @@
+"""Mamba-2 SSD. ``ssd(..., impl=NAME)`` dispatches; the name comes from ``ops.backends``."""
+
+from __future__ import annotations
+
+from ablate.ops.ssd import chunked, reference
+
+IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd}
+
+
+def ssd(*args, impl: str = "chunked", **kwargs):
+    return IMPLS[impl](*args, **kwargs)
+
+
+def ssd_state_update(h, x, dt, A, B, C, D=None):
+    """One decoding step. h: (B, H, P, N) updated in place; x: (B, H, P); dt: (B, H); B, C: (B, G, N)."""
+    y, h_new = reference.ssd(x[:, None], dt[:, None], A, B[:, None], C[:, None], D,
+                             initial_state=h, return_final_state=True)
+    h.copy_(h_new)
+    return y[:, 0]

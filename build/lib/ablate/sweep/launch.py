@@ -1,0 +1,89 @@
+"""`ablate sweep FILE --workers N`: enqueue the grid, start N local workers, show progress, and
+end with the results table. The same command on another machine with the same storage URL joins
+the study and takes points from it."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from ablate.sweep.grid import load_sweep
+from ablate.sweep.study import open_storage, open_study, redact, trial_key, trial_keys, worker
+
+
+def _describe(trial) -> str:
+    point = trial.user_attrs.get("point", "?")
+    if trial.state == TrialState.FAIL:
+        return f"FAILED {point}: {trial.user_attrs.get('reason', 'worker died; retried if it was stale')}"
+    metrics = trial.user_attrs.get("metrics", {})
+    shown = {k: metrics[k] for k in trial.user_attrs.get("shown", []) if k in metrics}  # the task's first two
+    tps = trial.user_attrs.get("tokens_per_s")
+    extra = f", {tps:,.0f} tok/s" if tps else ""
+    return f"done   {point}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()) + extra
+
+
+def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, int]:
+    """Print each trial of this file's points as it finishes; -> counts by state (those points only)."""
+    reported: set[int] = set()
+    last_status, started = 0.0, time.time()
+    done_before: int | None = None  # trials finished before this launch (not in its rate)
+    while True:
+        alive = any(p.is_alive() for p in procs)
+        trials = [t for t in study.get_trials(deepcopy=False) if trial_key(t) in current]
+        finished = [t for t in trials if t.state.is_finished()]
+        for t in finished:
+            if t.number not in reported:
+                reported.add(t.number)
+                print(f"[{len(reported)}/{len(trials)}] {_describe(t)}", flush=True)
+        counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        done_before = len(finished) if done_before is None else done_before
+        if time.time() - last_status > 60 and alive:
+            running = [t.user_attrs.get("point") for t in trials if t.state == TrialState.RUNNING]
+            here, elapsed = len(finished) - done_before, time.time() - started
+            left = counts["waiting"] + counts["running"]
+            eta = f"; ETA ~{left * elapsed / here / 60:.0f} min" if here else ""
+            print(f"  {counts['complete']} done, {counts['fail']} failed, running: {', '.join(running) or '-'}; "
+                  f"waiting: {counts['waiting']}{eta}", flush=True)
+            last_status = time.time()
+        if not alive:
+            return counts
+        time.sleep(every_s)
+
+
+def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None) -> int:
+    sweep = load_sweep(sweep_path)
+    changed = sweep.changed_points()
+    if changed:
+        print(f"sweep '{sweep.cfg.name}': {len(changed)} point(s) changed since their last run; they run again "
+              "(old runs moved aside as RUN_DIR.replaced-HASH):")
+        for point_id, what in changed.items():
+            print(f"  {point_id}: {what}")
+    url = storage_url or sweep.storage
+    storage = open_storage(url)
+    study = open_study(sweep, storage)
+    fail_stale_trials(study)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs ({len(sweep.labels)} variants x "
+          f"{len(sweep.cfg.tasks)} tasks x {len(sweep.cfg.seeds)} seeds), {workers} worker(s) x "
+          f"{threads} thread(s)\n  storage: {redact(url)}\n  results: {sweep.results}", flush=True)
+    started = time.time()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    counts = monitor(study, procs, set(trial_keys(sweep)))
+    for p in procs:
+        p.join()
+    print(f"\n{counts['complete']} complete, {counts['fail']} failed, {counts['running']} running "
+          f"elsewhere, {counts['waiting']} waiting; {time.time() - started:.0f} s", flush=True)
+    from ablate.analysis.tables import write_tables
+
+    paths = write_tables(sweep.results, order=sweep.labels)
+    print("\n" + Path(paths["markdown"]).read_text())
+    print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0 if counts["fail"] == 0 else 1

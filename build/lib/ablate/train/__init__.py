@@ -1,0 +1,1 @@
+"""The one training recipe: a LightningModule, the optimizer/schedule, and run directories."""

@@ -1,0 +1,214 @@
+"""A run: one variant trained on one task under the recipe, in its own directory.
+
+    RUN_DIR/run.json            resolved config, layer plan, parameters, cache bytes, backends,
+                                precision, seed, versions, git revision, status, final metrics,
+                                measured training tokens/s
+    RUN_DIR/logs/attemptN/      Lightning CSV metrics of each (re)start
+    RUN_DIR/checkpoints/last.ckpt
+
+Starting the same run again resumes from last.ckpt (checkpoints are written at every evaluation,
+which is also where the deterministic batch order restarts cleanly); a finished run is not redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+import ablate
+import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
+from ablate.config import ModelConfig, to_dict
+from ablate.ops.backends import resolve
+from ablate.plan import expand
+from ablate.registry import EVALUATIONS, TASKS
+from ablate.sizing import cache_bytes, count_params
+from ablate.train.callbacks import StepProgressBar, Throughput
+from ablate.train.config import RunConfig
+from ablate.train.identity import check_identity, identity
+from ablate.train.module import LitLM
+from ablate.train.tracking import finish_tracking, tensorboard_logger, wandb_logger
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(ablate.__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_data(cfg: RunConfig, steps_per_epoch: int):
+    """-> (datamodule, vocab size the model must have, tokens per training sequence)."""
+    data = TASKS.get(cfg.task).build_data(cfg.data, cfg.recipe.batch_size, steps_per_epoch, cfg.recipe.seed)
+    return data, data.vocab_size, data.seq_len
+
+
+def metric_specs(cfg: RunConfig) -> list[dict]:
+    """The summary metrics this run reports, each with its direction, headline first; recorded so
+    that analysis and studies read them without task or evaluation code."""
+    specs = list(TASKS.get(cfg.task).metrics)
+    for name in cfg.evaluate:
+        specs += EVALUATIONS.get(name).recorded()
+    return [m.as_dict() for m in specs]
+
+
+def evaluate(cfg: RunConfig, model: torch.nn.Module, data, run_dir: Path) -> dict[str, float]:
+    """Run the configured evaluations on the trained model; -> eval/NAME/key metrics."""
+    metrics = {}
+    model.eval()
+    for name, section_cfg in cfg.evaluate.items():
+        results = EVALUATIONS.get(name).run(section_cfg, model, data, run_dir)
+        expected = {m.name for m in EVALUATIONS.get(name).metrics}
+        if set(results) != expected:
+            raise RuntimeError(f"evaluation '{name}' returned {sorted(results)}; it declares {sorted(expected)}")
+        metrics.update({f"eval/{name}/{k}": float(v) for k, v in results.items()})
+    return metrics
+
+
+def resolve_steps(cfg: RunConfig, seq_len: int) -> int:
+    r = cfg.recipe
+    steps = r.max_steps if r.token_budget is None else r.token_budget // (r.batch_size * seq_len)
+    if steps < r.eval_every or steps % r.eval_every:
+        raise ValueError(f"recipe: {steps} training steps must be a positive multiple of "
+                         f"recipe.eval_every = {r.eval_every}")
+    return steps
+
+
+def write_self_contained(run_dir: Path, cfg: RunConfig, model_cfg: ModelConfig, data) -> None:
+    """What a run needs besides run.json to be used without the code's caches or variant files:
+    the resolved variant (``variant.yaml``, loadable by ``load_variant``) and, for a task with a
+    tokenizer, ``tokenizer.json``."""
+    import yaml
+
+    variant = {"name": cfg.variant, "description": f"resolved model of run {run_dir.name}", **to_dict(model_cfg)}
+    (run_dir / "variant.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+
+
+def read_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    path = Path(run_dir) / "run.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up notes (accelerators found, tips) and known third-party deprecation
+    noise are not about the run; warnings about the run itself still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning on new torch
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")  # in-memory data needs none
+    warnings.filterwarnings("ignore", message=r".*LitModelCheckpoint|.*litmodels")
+
+
+def _loggers(cfg: RunConfig, run_dir: Path, attempt: int) -> list:
+    loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=f"attempt{attempt}")]
+    if cfg.wandb is not None:
+        loggers.append(wandb_logger(cfg, cfg.wandb, run_dir))
+    if cfg.tensorboard:
+        loggers.append(tensorboard_logger(run_dir, attempt))
+    return loggers
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False) -> dict:
+    """Train (or resume, or skip if finished) one run; returns its record. A directory that holds
+    a run of another configuration is a RunConflict, or with ``replace`` is moved aside first."""
+    run_dir = Path(run_dir)
+    previous = check_identity(run_dir, read_record(run_dir), cfg, replace)
+    if previous and previous.get("status") == "finished":
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    quiet_lightning()
+    steps_per_epoch = cfg.recipe.eval_every
+    data, vocab, seq_len = build_data(cfg, steps_per_epoch)
+    max_steps = resolve_steps(cfg, seq_len)
+    model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
+    accelerator = cfg.recipe.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.recipe.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if on_gpu else "32-true"
+    backends = resolve(cfg.recipe.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
+    attempt = (previous or {}).get("attempts", 0) + 1
+    ident, digest = identity(cfg)
+    record = {
+        "name": run_dir.name, "variant": cfg.variant, "task": cfg.task, "seed": cfg.recipe.seed,
+        "status": "running", "attempts": attempt, "config_hash": digest, "identity": ident,
+        "config": to_dict(dataclasses.replace(cfg, model=model_cfg)),
+        "plan": [spec.describe().strip() for spec in expand(model_cfg)],
+        "params": count_params(model_cfg).as_dict(),
+        "cache_bytes": {dtype: cache_bytes(model_cfg, seq_len, dtype) for dtype in ("fp16", "fp32")},
+        "cache_seq_len": seq_len, "max_steps": max_steps, "precision": precision, "val_parts": data.val_names,
+        "metric_specs": metric_specs(cfg),
+        "backends": backends.as_dict(),
+        "versions": {"ablate": ablate.__version__, "torch": torch.__version__, "lightning": L.__version__,
+                     "python": platform.python_version()},
+        "git": git_revision(), "host": platform.node(),
+        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
+    }
+    write_record(run_dir, record)
+    write_self_contained(run_dir, cfg, model_cfg, data)
+    loggers = []
+    try:
+        L.seed_everything(cfg.recipe.seed, workers=True, verbose=False)
+        loggers = _loggers(cfg, run_dir, attempt)
+        module = LitLM(model_cfg, cfg.recipe, max_steps, data.val_names, backends)
+        throughput = Throughput()
+        ckpt_dir = run_dir / "checkpoints"
+        trainer = L.Trainer(
+            max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
+            accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
+            precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
+            logger=loggers, log_every_n_steps=min(10, steps_per_epoch),
+            callbacks=[throughput, L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1),
+                *([StepProgressBar()] if progress else [])],
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            deterministic=not on_gpu,
+        )
+        last = ckpt_dir / "last.ckpt"
+        started = time.time()
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+        if trainer.global_step < max_steps:
+            raise RuntimeError(f"training stopped at step {trainer.global_step} of {max_steps}")
+        if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
+            trainer.validate(module, datamodule=data, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        evaluations = evaluate(cfg, module.model, data, run_dir)
+        for logger in loggers:  # the evaluations' metrics go wherever the training curves went
+            logger.log_metrics(evaluations, step=trainer.global_step)
+        metrics.update(evaluations)
+    except BaseException as err:
+        record.update(status="failed", reason=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=8))
+        write_record(run_dir, record)
+        raise
+    finally:
+        finish_tracking(loggers, failed=record["status"] == "failed")
+    record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
+                  train_seconds=time.time() - started, steps=trainer.global_step)
+    write_record(run_dir, record)
+    return record
+
+
