@@ -1,1 +1,0 @@
-"""The one training recipe: a LightningModule, the optimizer/schedule, and run directories."""
