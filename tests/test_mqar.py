@@ -53,3 +53,26 @@ def test_cache_returns_the_generated_data(tmp_path):
 def test_bad_segments(seg, msg):
     with pytest.raises(ValueError, match=msg):
         generate(seg, 64, 0.01, 0)
+
+
+def _cache_one_segment(cache_dir: str, barrier) -> None:
+    import numpy as np
+
+    np.random.seed(0)  # every worker of a study is seeded alike
+    cfg = MQARConfig(vocab_size=64, cache_dir=cache_dir)
+    barrier.wait()  # all start generating together, as the workers of a new study do
+    cached_segment(Segment(seq_len=32, n_pairs=4, n_examples=3000), cfg, seed=7)
+
+
+def test_workers_generating_one_segment_at_once_all_succeed(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_cache_one_segment, args=(str(tmp_path), barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.glob("mqar-*.pt")).name]  # no temporaries left

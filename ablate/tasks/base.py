@@ -19,8 +19,12 @@ through ``metrics`` and what "labelled" means through its labels.
 
 from __future__ import annotations
 
+import os
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 import lightning as L
@@ -68,3 +72,13 @@ class Task(ABC):
         value = metrics[m.name]
         return value if m.direction == "maximize" else -value
 
+
+
+def save_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: workers sharing a cache never read a half-written
+    file. The temporary name is unique per process and call (seeded RNGs are not: two workers of a
+    study draw the same numbers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    write(str(tmp))
+    os.replace(tmp, path)

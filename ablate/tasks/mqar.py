@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ablate.config import knob
 from ablate.registry import TASKS
-from ablate.tasks.base import Metric, Task
+from ablate.tasks.base import Metric, Task, save_atomically
 from ablate.tasks.batches import StepBatchSampler
 
 
@@ -104,10 +104,7 @@ def cached_segment(seg: Segment, cfg: MQARConfig, seed: int) -> tuple[torch.Tens
         data = torch.load(path, weights_only=True)
         return data["inputs"], data["labels"]
     inputs, labels = generate(seg, cfg.vocab_size, cfg.power_a, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
-    torch.save({"inputs": inputs, "labels": labels}, tmp)
-    tmp.replace(path)  # atomic: concurrent workers never read a half-written file
+    save_atomically(path, lambda tmp: torch.save({"inputs": inputs, "labels": labels}, tmp))
     return inputs, labels
 
 

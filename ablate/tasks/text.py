@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError, knob
 from ablate.registry import TASKS
-from ablate.tasks.base import Metric, Task
+from ablate.tasks.base import Metric, Task, save_atomically
 from ablate.tasks.batches import StepBatchSampler
 
 
@@ -124,8 +124,7 @@ def load_tokenizer(cfg: TextConfig, train_text: str):
                                   special_tokens=["<|endoftext|>"], show_progress=False)
     chunks = train_text.split("\n")
     tok.train_from_iterator((chunks[i : i + 1000] for i in range(0, len(chunks), 1000)), trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
+    save_atomically(path, tok.save)
     return tok
 
 
@@ -136,7 +135,7 @@ def encode(tok, text: str, cache_dir: str) -> torch.Tensor:
     lines = text.split("\n")
     ids = [i for enc in tok.encode_batch([line + "\n" for line in lines]) for i in enc.ids]
     tokens = torch.tensor(ids, dtype=torch.int32)
-    torch.save(tokens, path)
+    save_atomically(path, lambda tmp: torch.save(tokens, tmp))
     return tokens
 
 
