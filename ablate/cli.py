@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run directory name (default VARIANT-TASK-sSEED)")
     p.add_argument("--overwrite", action="store_true",
                    help="the run directory holds a run of another configuration: move it aside "
-                   "(RUN_DIR.replaced-HASH) and train this one")
+                   "(to .replaced/NAME-HASH beside it) and train this one")
     p.add_argument("--wandb", action="store_true",
                    help="also log to Weights & Biases (offline; --set wandb.mode=online to log live)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -160,10 +160,13 @@ def test_a_changed_sweep_file_reruns_exactly_the_changed_points(tmp_path, capsys
     assert after["llama|mqar|s0"] == before["llama|mqar|s0"]  # untouched
     assert after["mamba|mqar|s0"]["config"]["model"]["mamba"]["d_state"] == 8
     assert after["mamba|mqar|s0"]["config_hash"] != before["mamba|mqar|s0"]["config_hash"]
-    moved = sweep.results / "runs" / f"mamba-mqar-s0.replaced-{before['mamba|mqar|s0']['config_hash']}"
+    moved = sweep.results / "runs" / ".replaced" / f"mamba-mqar-s0-{before['mamba|mqar|s0']['config_hash']}"
     assert json.loads((moved / "run.json").read_text()) == before["mamba|mqar|s0"]  # kept, not deleted
-    table = (sweep.results / "table.md").read_text()
-    assert table.count("| mamba ") == 1  # the table reads the current runs only
+    import ablate
+
+    runs = ablate.load_results(sweep.results)  # what the table is made of: the current runs only
+    assert sorted(runs["run"]) == ["llama-mqar-s0", "mamba-mqar-s0"]
+    assert set(runs["dir"]) == {str(sweep.run_dir(p)) for p, _ in sweep.runs.values()}
 
 
 def test_a_sweep_logs_every_run_to_wandb_offline(tmp_path, monkeypatch):
@@ -179,3 +182,47 @@ def test_a_sweep_logs_every_run_to_wandb_offline(tmp_path, monkeypatch):
         assert len(runs) == 1, point.id
         (data,) = runs[0].glob("*.wandb")
         assert b"val/acc" in data.read_bytes() and b"train/loss" in data.read_bytes()  # the metrics, logged
+
+
+def _records(sweep):
+    return {p: json.loads((sweep.run_dir(pt) / "run.json").read_text()) for p, (pt, _) in sweep.runs.items()}
+
+
+def test_a_killed_sweep_resumes_from_its_checkpoints_and_completes(tmp_path):
+    """kill -9 of the launcher and its workers mid-run, then the same command again: every point
+    completes once, the killed run resumes from its last evaluation (not step 0), the metrics equal
+    an uninterrupted sweep's, and the launcher exits 0 although an attempt failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    more = {"recipe": {"max_steps": 200, "eval_every": 50, "batch_size": 8, "warmup_steps": 2},
+            "heartbeat_s": 1, "grace_s": 3}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = load_sweep(write_sweep(tmp_path / "a", variants=["llama"], seeds=[0], **more))
+    assert launch(str(straight.path), workers=1) == 0
+    path = write_sweep(tmp_path / "b", variants=["llama"], seeds=[0], **more)
+    sweep = load_sweep(path)
+    (point, _), = sweep.runs.values()
+    ckpt = sweep.run_dir(point) / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker, mid-run
+    proc.wait()
+    killed = json.loads((sweep.run_dir(point) / "run.json").read_text())
+    assert killed["status"] == "running"
+    assert launch(str(path), workers=1) == 0  # waits out the dead worker's heartbeat, re-runs the point
+    record = _records(sweep)[point.id]
+    assert record["status"] == "finished" and record["attempts"] == 2
+    import pandas as pd
+
+    second = pd.read_csv(sweep.run_dir(point) / "logs" / "attempt2" / "metrics.csv")
+    assert second["step"].min() >= 50  # resumed from a checkpoint, not from step 0
+    assert record["metrics"] == pytest.approx(_records(straight)[point.id]["metrics"], rel=1e-6)
+    states = [t.state for t in optuna.load_study(study_name="t", storage=sweep.storage).get_trials()]
+    assert states.count(TrialState.COMPLETE) == 1 and TrialState.FAIL in states

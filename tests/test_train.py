@@ -7,6 +7,7 @@ import json
 import lightning as L
 import pandas as pd
 import pytest
+import torch
 
 from ablate.train.run import train
 from tests.helpers import tiny_mqar
@@ -61,6 +62,23 @@ class Crash(L.Callback):
             raise SimulatedKill("simulated kill")
 
 
+def run_with_crash(run_dir, tmp_path):
+    """Train the tiny run with a simulated kill at step 25 (after the step-20 evaluation)."""
+    import ablate.train.run as run_mod
+
+    real_trainer = L.Trainer
+
+    def crashing_trainer(*args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], Crash()]
+        return real_trainer(*args, **kwargs)
+
+    run_mod.L.Trainer = crashing_trainer
+    try:
+        train(tiny_mqar(tmp_path), run_dir)
+    finally:
+        run_mod.L.Trainer = real_trainer
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     uninterrupted = train(tiny_mqar(tmp_path), tmp_path / "straight")
     import ablate.train.run as run_mod
@@ -79,6 +97,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(run_mod.L, "Trainer", real_trainer)
     resumed = train(tiny_mqar(tmp_path), tmp_path / "resumed")
     assert resumed["attempts"] == 2 and resumed["steps"] == 40
+    # it resumed from its last evaluation (step 20 of 40, killed at 25), not from step 0
+    second = pd.read_csv(tmp_path / "resumed" / "logs" / "attempt2" / "metrics.csv")
+    assert second["step"].min() >= 20
     assert resumed["metrics"] == pytest.approx(uninterrupted["metrics"], rel=1e-6)
     assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
 
@@ -142,7 +163,7 @@ def test_a_changed_configuration_under_an_existing_run_name_is_refused(tmp_path)
     # replace: the old run is moved aside, the new one runs
     second = train(tiny_mqar(tmp_path, steps=20, every=5), tmp_path / "run", replace=True)
     assert second["steps"] == 20 and second["attempts"] == 1
-    aside = tmp_path / f"run.replaced-{first['config_hash']}"
+    aside = tmp_path / ".replaced" / f"run-{first['config_hash']}"
     assert json.loads((aside / "run.json").read_text())["steps"] == 10
 
 
@@ -162,3 +183,47 @@ def test_tensorboard_logs_beside_the_csv_when_asked(tmp_path):
     assert list((tmp_path / "run" / "tensorboard" / "attempt1").glob("events.out.tfevents.*"))
     # how a run is watched is not what it computes: the same run, not a conflict
     assert train(dataclasses.replace(cfg, tensorboard=False), tmp_path / "run")["config_hash"] == first["config_hash"]
+
+
+def test_a_corrupted_checkpoint_or_an_unwritable_directory_is_a_clear_error(tmp_path):
+    import os
+
+    from ablate.config import ConfigError
+
+    with pytest.raises(SimulatedKill):
+        run_with_crash(tmp_path / "run", tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()  # written at the evaluation before the kill
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
+    with pytest.raises(RuntimeError, match="last.ckpt: the run's checkpoint cannot be read"):
+        train(tiny_mqar(tmp_path), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):  # running as a user whom permissions do not stop
+            pytest.skip("cannot make an unwritable directory here")
+        with pytest.raises(ConfigError, match="cannot be written"):
+            train(tiny_mqar(tmp_path), locked / "run")
+    finally:
+        os.chmod(locked, 0o700)
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused(tmp_path, capsys):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    with pytest.raises(SimulatedKill):
+        run_with_crash(tmp_path / "run", tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["evil"] = Payload()
+    with open(ckpt, "wb") as f:
+        pickle.dump(state, f)  # not even torch's format: any unpickling would run the payload
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        train(tiny_mqar(tmp_path), tmp_path / "run")
+    assert "this ran" not in capsys.readouterr().out

@@ -69,6 +69,9 @@ class SweepConfig:
     wandb: WandbConfig | None = knob(None, "log every run to W&B (group: the sweep; tags: the point)", identity=False)
     tensorboard: bool = knob(False, "log every run to TensorBoard too", identity=False)
     storage: str | None = knob(None, "Optuna storage URL (default sqlite:///RESULTS/study.db)")
+    heartbeat_s: int = knob(20, "seconds between a running point's heartbeats")
+    grace_s: int = knob(90, "seconds without a heartbeat after which a point's worker counts as dead and "
+                        "the point is re-queued")
     results: str | None = knob(None, "results directory (default results/NAME)")
 
 

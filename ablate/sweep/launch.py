@@ -13,7 +13,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from ablate.sweep.grid import load_sweep
-from ablate.sweep.study import open_storage, open_study, redact, trial_key, trial_keys, worker
+from ablate.sweep.study import open_storage, open_study, point_states, redact, trial_key, trial_keys, worker
 
 
 def _describe(trial) -> str:
@@ -60,11 +60,11 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None) ->
     changed = sweep.changed_points()
     if changed:
         print(f"sweep '{sweep.cfg.name}': {len(changed)} point(s) changed since their last run; they run again "
-              "(old runs moved aside as RUN_DIR.replaced-HASH):")
+              "(old runs moved to runs/.replaced/):")
         for point_id, what in changed.items():
             print(f"  {point_id}: {what}")
     url = storage_url or sweep.storage
-    storage = open_storage(url)
+    storage = open_storage(url, sweep.cfg.heartbeat_s, sweep.cfg.grace_s)
     study = open_study(sweep, storage)
     fail_stale_trials(study)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -76,14 +76,18 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None) ->
     procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads)) for _ in range(workers)]
     for p in procs:
         p.start()
-    counts = monitor(study, procs, set(trial_keys(sweep)))
+    monitor(study, procs, set(trial_keys(sweep)))
     for p in procs:
         p.join()
-    print(f"\n{counts['complete']} complete, {counts['fail']} failed, {counts['running']} running "
-          f"elsewhere, {counts['waiting']} waiting; {time.time() - started:.0f} s", flush=True)
+    states = list(point_states(study, sweep).values())
+    counts = {s.name.lower(): states.count(s) for s in TrialState}
+    dead = [p.exitcode for p in procs if p.exitcode != 0]
+    print(f"\n{counts['complete']} of {len(states)} points complete, {counts['fail']} failed, "
+          f"{counts['running']} running elsewhere, {counts['waiting']} waiting; {time.time() - started:.0f} s"
+          + (f"; {len(dead)} worker(s) exited with an error (codes {dead})" if dead else ""), flush=True)
     from ablate.analysis.tables import write_tables
 
     paths = write_tables(sweep.results, order=sweep.labels)
     print("\n" + Path(paths["markdown"]).read_text())
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
-    return 0 if counts["fail"] == 0 else 1
+    return 0 if counts["complete"] == len(states) and not dead else 1

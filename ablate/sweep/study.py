@@ -1,14 +1,16 @@
 """Running a sweep's grid through an Optuna study in RDB storage.
 
-- Every grid point is enqueued once as a WAITING trial carrying its point id (user attr).
-  The process that creates the study enqueues; processes that join wait until it is done.
+- Every grid point is enqueued once as a WAITING trial carrying its point id and config hash
+  (user attrs); any start enqueues the points that have no trial yet (idempotent, serialised).
 - A worker claims a point by moving one WAITING trial to RUNNING with the storage's
   ``set_trial_state_values``, which succeeds for exactly one caller (PostgreSQL/MySQL lock the
-  trial row; on SQLite a file lock serialises claims, see ``claim_lock``), so concurrent workers
+  trial row; on SQLite a file lock serialises claims, see ``file_lock``), so concurrent workers
   run each point once.
-- While a point runs, a thread records Optuna heartbeats. A worker that dies stops beating; the
-  next start (``fail_stale_trials``) fails its trial and ``RetryHeartbeatStaleTrialCallback``
-  re-enqueues the point, whose run then resumes from its checkpoint.
+- While a point runs, a thread records Optuna heartbeats. A worker that dies stops beating; once
+  the grace period passes, any worker (``fail_stale_trials``) fails its trial and
+  ``RetryHeartbeatStaleTrialCallback`` re-enqueues the point, however often that happens; its run
+  resumes from its last evaluation's checkpoint. Workers wait for points running elsewhere, so a
+  launcher ends only when every point of its file is finished.
 - A run that raises (NaN loss, out of memory, bad config) is told FAIL with its reason and the
   worker moves on.
 """
@@ -47,26 +49,22 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
-    return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    with file_lock(url, "schema"):  # Optuna's schema creation races between processes on a new file
+        # max_retry=None: a point whose worker is killed is re-queued however often that happens
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))
 
 
-def open_study(sweep: Sweep, storage: RDBStorage, wait_s: float = 300) -> optuna.Study:
-    """Create the study and enqueue the grid, or join it once its creator has enqueued."""
+def open_study(sweep: Sweep, storage: RDBStorage) -> optuna.Study:
+    """Create or join the study and enqueue every point of this file that has no trial yet.
+    Enqueuing is idempotent and serialised (``file_lock``), so any start may do it: a launcher
+    killed between creating the study and enqueuing leaves nothing wedged."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, direction="maximize")
-        _enqueue_missing(study, sweep)
-        return study
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=sweep.cfg.name, storage=storage)
-    deadline = time.time() + wait_s
-    while "points" not in study.user_attrs:
-        if time.time() > deadline:
-            raise TimeoutError(f"study '{sweep.cfg.name}' exists but its grid was never enqueued")
-        time.sleep(1)
-    if not set(trial_keys(sweep)) <= set(study.user_attrs["points"]):  # the file gained or changed points
-        _enqueue_missing(study, sweep)
+    study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    if not set(trial_keys(sweep)) <= set(study.user_attrs.get("points", [])):  # new, or the file changed
+        with file_lock(storage.url, "enqueue"):
+            _enqueue_missing(study, sweep)
     return study
 
 
@@ -90,16 +88,18 @@ def _enqueue_missing(study: optuna.Study, sweep: Sweep) -> None:
 
 
 @contextlib.contextmanager
-def claim_lock(storage: RDBStorage):
-    """Serialise claims on SQLite. Server databases lock the trial row (SELECT ... FOR UPDATE) so
-    only one claim of a WAITING trial succeeds; SQLite has no row locks, and two processes can
-    both read WAITING before either writes. A SQLite file is local to one machine, so an
-    exclusive file lock next to it makes the claim atomic there."""
-    url = storage.url
+def file_lock(url: str, what: str):
+    """Serialise one kind of study operation between processes on SQLite (a file local to one
+    machine, so an exclusive lock file next to it does it). Claims: server databases lock the
+    trial row (SELECT ... FOR UPDATE) so only one claim of a WAITING trial succeeds, while SQLite
+    has no row locks and two processes can both read WAITING before either writes. Schema
+    creation and enqueuing: check-then-write sequences. On a server database enqueuing is not
+    serialised: a point enqueued twice by racing launchers is still trained once (``_claim``
+    skips a trial whose point already has a running or complete trial)."""
     if not url.startswith("sqlite:///"):
         yield
         return
-    with open(url[len("sqlite:///"):] + ".claim.lock", "a") as handle:
+    with open(url[len("sqlite:///"):] + f".{what}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -109,13 +109,17 @@ def claim_lock(storage: RDBStorage):
 
 def claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | None:
     """Move one WAITING trial to RUNNING; -> (trial id, number, trial key) or None when none left."""
-    with claim_lock(storage):
+    with file_lock(storage.url, "claim"):
         return _claim(study, storage)
 
 
 def _claim(study: optuna.Study, storage: RDBStorage) -> tuple[int, int, str] | None:
     study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    trials = study.get_trials(deepcopy=False)
+    taken = {trial_key(t) for t in trials if t.state in (TrialState.RUNNING, TrialState.COMPLETE)}
+    for frozen in [t for t in trials if t.state == TrialState.WAITING]:
+        if trial_key(frozen) in taken:  # enqueued twice by racing launchers: the point is in hand
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
@@ -162,7 +166,7 @@ def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
         return
     point, cfg = sweep.runs[point_id]
     storage.set_trial_user_attr(trial_id, "run_dir", str(sweep.run_dir(point)))
-    with Heartbeat(storage, trial_id):
+    with Heartbeat(storage, trial_id, sweep.cfg.heartbeat_s):
         try:  # the file is authoritative: a run of an older version of the point is moved aside
             record = train(cfg, sweep.run_dir(point), replace=True)
         except Exception as err:  # the sweep goes on; the reason stays in the study and run.json
@@ -182,19 +186,46 @@ def quiet_training_logs() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def worker(sweep_path: str, storage_url: str | None = None, threads: int | None = None) -> int:
-    """Take points until none is left; returns how many this worker ran."""
+def worker(sweep_path: str, storage_url: str | None = None, threads: int | None = None,
+           poll_s: float = 5.0) -> int:
+    """Take points until every point of the file is finished; returns how many this worker ran.
+    A worker outlives points running elsewhere: if their worker died, their heartbeat goes stale
+    after the grace period, the point is re-queued, and this worker runs (resumes) it."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     quiet_training_logs()
     sweep = load_sweep(sweep_path)
-    storage = open_storage(storage_url or sweep.storage)
+    storage = open_storage(storage_url or sweep.storage, sweep.cfg.heartbeat_s, sweep.cfg.grace_s)
     study = open_study(sweep, storage)
-    fail_stale_trials(study)
     done = 0
-    while (claimed := claim(study, storage)) is not None:
-        run_point(study, storage, sweep, claimed)
-        done += 1
-    return done
+    while True:
+        fail_stale_trials(study)  # a dead worker's point goes back to WAITING (heartbeat grace passed)
+        claimed = claim(study, storage)
+        if claimed is not None:
+            run_point(study, storage, sweep, claimed)
+            done += 1
+        elif unfinished(study, sweep):  # running elsewhere, or dead and not yet stale: wait for it
+            time.sleep(poll_s)
+        else:
+            return done
+
+
+def point_states(study: optuna.Study, sweep: Sweep) -> dict[str, TrialState]:
+    """Each point of this file: COMPLETE if any trial of it completed, else RUNNING or WAITING if
+    one is, else FAIL (its trials failed). Failed attempts of a point that later completed (a
+    killed worker's, a re-queued one's) do not make the point failed."""
+    by_key: dict[str, set[TrialState]] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_key.setdefault(trial_key(t), set()).add(t.state)
+    states = {}
+    for key, point_id in trial_keys(sweep).items():
+        seen = by_key.get(key, set())
+        states[point_id] = next((s for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+                                 if s in seen), TrialState.FAIL)
+    return states
+
+
+def unfinished(study: optuna.Study, sweep: Sweep) -> bool:
+    return any(s in (TrialState.RUNNING, TrialState.WAITING) for s in point_states(study, sweep).values())

@@ -1,9 +1,11 @@
-"""The run's callbacks beyond checkpointing: measured training throughput and a progress bar
-over the run's steps."""
+"""The run's callbacks: measured training throughput, a progress bar over the run's steps, and
+the checkpoint written at every evaluation."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -88,3 +90,24 @@ class StepProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)  # the logger's attempt folder, not a metric
         return items
+
+
+class EvalCheckpoint(L.Callback):
+    """``last.ckpt`` after every evaluation: the resume point of a killed run.
+
+    Lightning's ModelCheckpoint with ``save_last=True, save_top_k=0`` writes ``last.ckpt`` only
+    when training ends, so a run killed before then restarted at step 0. Here the checkpoint is
+    written at the end of each validation (an evaluation interval is a Lightning epoch, where the
+    deterministic batch order restarts cleanly), to a temporary file first and then renamed, so a
+    crash or a full disk never leaves a truncated ``last.ckpt`` behind."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)

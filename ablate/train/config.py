@@ -55,7 +55,7 @@ class RunConfig:
 def run_config(variant: str, task: str | None = None, sets: list[str] = (), where: str = "--set") -> RunConfig:
     """RunConfig for VARIANT on TASK (default: the default task) with ``key=value`` overrides:
     model keys (``size.d_model=64``), ``recipe.KEY``, the task's own section (``TASK.KEY``),
-    ```evaluate.NAME.KEY`` (adds evaluation NAME), ``wandb.KEY`` / ``wandb=true`` or ``tensorboard``."""
+    ``evaluate.NAME.KEY`` (adds evaluation NAME), ``wandb.KEY`` / ``wandb=true`` or ``tensorboard``."""
     task = task or default_task()
     cfg = RunConfig(variant=variant, model=load_variant(variant).model, task=task)
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -44,11 +44,7 @@ def check_identity(run_dir: Path, previous: dict | None, cfg: RunConfig, replace
     if previous.get("config_hash") == digest:
         return previous
     if replace:
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{previous.get('config_hash', 'unhashed')}")
-        n = 1
-        while aside.exists():
-            aside, n = aside.with_name(f"{aside.name}-{n}"), n + 1
-        run_dir.rename(aside)
+        move_aside(run_dir, previous.get("config_hash", "unhashed"))
         return None
     if "identity" in previous:
         changed = differences(previous["identity"], ident)
@@ -57,4 +53,20 @@ def check_identity(run_dir: Path, previous: dict | None, cfg: RunConfig, replace
     shown = "\n  ".join(changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
     raise RunConflict(f"{run_dir} holds a run of a different configuration:\n  {shown}\n"
                       "Give this run another name (ablate train --name NEW), or replace the old one "
-                      f"(--overwrite: it is moved to {run_dir.name}.replaced-HASH, not deleted).")
+                      f"(--overwrite: it is moved to {aside_path(run_dir, previous.get('config_hash', 'unhashed'))}, "
+                      "not deleted).")
+
+
+def aside_path(run_dir: Path, digest: str) -> Path:
+    """Where a replaced run goes: beside its siblings' parent in .replaced/, one level deeper, so
+    result tables (which read RESULTS/runs/*/run.json) never count it."""
+    return run_dir.parent / ".replaced" / f"{run_dir.name}-{digest}"
+
+
+def move_aside(run_dir: Path, digest: str) -> Path:
+    aside, n = aside_path(run_dir, digest), 1
+    while aside.exists():
+        aside, n = aside.with_name(f"{aside_path(run_dir, digest).name}-{n}"), n + 1
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(aside)
+    return aside

@@ -6,8 +6,12 @@
     RUN_DIR/logs/attemptN/      Lightning CSV metrics of each (re)start
     RUN_DIR/checkpoints/last.ckpt
 
-Starting the same run again resumes from last.ckpt (checkpoints are written at every evaluation,
-which is also where the deterministic batch order restarts cleanly); a finished run is not redone.
+    RUN_DIR/variant.yaml        the resolved model (loadable by ablate.variants.load_variant)
+    RUN_DIR/tokenizer.json      for tasks with a tokenizer
+
+Starting the same run again resumes from last.ckpt (written at every evaluation, which is also
+where the deterministic batch order restarts cleanly); a finished run is not redone; a run of
+another configuration in the directory is refused (``train.identity``).
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ import torch
 
 import ablate
 import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
-from ablate.config import ModelConfig, to_dict
+from ablate.config import ConfigError, ModelConfig, to_dict
 from ablate.ops.backends import resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
-from ablate.train.callbacks import StepProgressBar, Throughput
+from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, Throughput
 from ablate.train.config import RunConfig
 from ablate.train.identity import check_identity, identity
 from ablate.train.module import LitLM
@@ -99,6 +103,29 @@ def write_self_contained(run_dir: Path, cfg: RunConfig, model_cfg: ModelConfig, 
         tokenizer.save(str(run_dir / "tokenizer.json"))
 
 
+def check_writable(run_dir: Path) -> None:
+    """A run directory that cannot be written is a clear error before any data or training."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run directory {run_dir} cannot be written: {err.strerror or err}") from None
+
+
+def check_checkpoint(path: Path) -> None:
+    """A checkpoint that cannot be read (corrupted, or not a checkpoint) is a clear error naming it,
+    not a traceback from inside Lightning; it is never silently ignored (that would restart at 0)."""
+    if not path.exists():
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"{path}: the run's checkpoint cannot be read ({type(err).__name__}: {err}); "
+                           "move it away to restart the run from step 0") from None
+
+
 def read_record(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "run.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -138,7 +165,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     previous = check_identity(run_dir, read_record(run_dir), cfg, replace)
     if previous and previous.get("status") == "finished":
         return previous
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     quiet_lightning()
     steps_per_epoch = cfg.recipe.eval_every
     data, vocab, seq_len = build_data(cfg, steps_per_epoch)
@@ -181,15 +208,18 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
             accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
             precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
             logger=loggers, log_every_n_steps=min(10, steps_per_epoch),
-            callbacks=[throughput, L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1),
-                *([StepProgressBar()] if progress else [])],
+            callbacks=[throughput, EvalCheckpoint(ckpt_dir / "last.ckpt"),
+                       *([StepProgressBar()] if progress else [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            enable_checkpointing=False,  # EvalCheckpoint writes the one checkpoint a run keeps
             deterministic=not on_gpu,
         )
         last = ckpt_dir / "last.ckpt"
         started = time.time()
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+        ckpt_dir.mkdir(exist_ok=True)
+        check_checkpoint(last)
+        # weights_only: a checkpoint holds tensors and plain values only, so none can run code on load
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
         if trainer.global_step < max_steps:
             raise RuntimeError(f"training stopped at step {trainer.global_step} of {max_steps}")
         if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
