@@ -103,8 +103,16 @@ def test_a_dead_worker_point_is_requeued_and_run(tmp_path):
     assert [t.state for t in study.get_trials()][-1] == TrialState.COMPLETE
 
 
-def test_storage_password_is_redacted():
-    assert redact("postgresql://ablate:s3cret@db:5432/studies") == "postgresql://ablate:***@db:5432/studies"
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://ablate:s3cret@db:5432/studies", "postgresql://ablate:***@db:5432/studies"),
+    ("postgresql://:s3cret@db/studies", "postgresql://:***@db/studies"),
+    ("postgresql://ablate:p@ss@db/studies", "postgresql://ablate:***@db/studies"),
+    ("postgresql://ablate@db/studies?sslmode=require&password=s3cret",
+     "postgresql://ablate@db/studies?sslmode=require&password=***"),
+    ("sqlite:///results/t/study.db", "sqlite:///results/t/study.db"),
+])
+def test_redact_hides_every_form_of_password(url, shown):
+    assert redact(url) == shown
 
 
 def test_every_shipped_sweep_loads():
@@ -189,6 +197,10 @@ def _records(sweep):
 
 
 def test_a_killed_sweep_resumes_from_its_checkpoints_and_completes(tmp_path):
+    kill_and_resume(tmp_path)
+
+
+def kill_and_resume(tmp_path, storage_url=None):
     """kill -9 of the launcher and its workers mid-run, then the same command again: every point
     completes once, the killed run resumes from its last evaluation (not step 0), the metrics equal
     an uninterrupted sweep's, and the launcher exits 0 although an attempt failed."""
@@ -207,8 +219,9 @@ def test_a_killed_sweep_resumes_from_its_checkpoints_and_completes(tmp_path):
     sweep = load_sweep(path)
     (point, _), = sweep.runs.values()
     ckpt = sweep.run_dir(point) / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = ["--storage", storage_url] if storage_url else []
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path), *storage],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -216,7 +229,7 @@ def test_a_killed_sweep_resumes_from_its_checkpoints_and_completes(tmp_path):
     proc.wait()
     killed = json.loads((sweep.run_dir(point) / "run.json").read_text())
     assert killed["status"] == "running"
-    assert launch(str(path), workers=1) == 0  # waits out the dead worker's heartbeat, re-runs the point
+    assert launch(str(path), workers=1, storage_url=storage_url) == 0  # waits out the dead worker, re-runs it
     record = _records(sweep)[point.id]
     assert record["status"] == "finished" and record["attempts"] == 2
     import pandas as pd
@@ -224,5 +237,8 @@ def test_a_killed_sweep_resumes_from_its_checkpoints_and_completes(tmp_path):
     second = pd.read_csv(sweep.run_dir(point) / "logs" / "attempt2" / "metrics.csv")
     assert second["step"].min() >= 50  # resumed from a checkpoint, not from step 0
     assert record["metrics"] == pytest.approx(_records(straight)[point.id]["metrics"], rel=1e-6)
-    states = [t.state for t in optuna.load_study(study_name="t", storage=sweep.storage).get_trials()]
+    from ablate.sweep.study import open_storage
+
+    trials = optuna.load_study(study_name="t", storage=open_storage(storage_url or sweep.storage)).get_trials()
+    states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) == 1 and TrialState.FAIL in states

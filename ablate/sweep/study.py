@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from ablate.config import ConfigError
 from ablate.registry import TASKS
 from ablate.sweep.grid import Sweep, load_sweep
 from ablate.train.run import train
@@ -39,8 +41,30 @@ GRACE_S = 90
 
 
 def redact(url: str) -> str:
-    """Storage URL without its password, for anything printed or recorded."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+    """Storage URL without its password (in the user info, or a password= query parameter), for
+    anything printed or recorded. The user info ends at the last '@' before the path, so a
+    password that contains '@' is hidden whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    address, has_query, query = rest.partition("?")
+    at = address.rfind("@")
+    if at >= 0 and ":" in address[:at]:
+        address = address[:at].split(":", 1)[0] + ":***" + address[at:]
+    query = re.sub(r"(?i)((?:^|&)(?:password|pass|pwd)=)[^&]*", r"\1***", query)
+    return f"{scheme}://{address}" + (f"?{query}" if has_query else "")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy URL for Optuna: a plain postgresql:// URL gets the psycopg (3) driver when
+    that is what is installed (SQLAlchemy's default is psycopg2); no driver is a clear error."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise ConfigError(f"storage {redact(url)}: PostgreSQL needs a driver: pip install 'ablate[postgres]'")
+    return "postgresql+psycopg://" + url.partition("://")[2]
 
 
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
@@ -51,7 +75,8 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
         os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
     with file_lock(url, "schema"):  # Optuna's schema creation races between processes on a new file
         # max_retry=None: a point whose worker is killed is re-queued however often that happens
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+        return RDBStorage(sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                          grace_period=grace_s,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))
 
 
