@@ -108,6 +108,6 @@ class EvalCheckpoint(L.Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state (optimizer, loops); rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
