@@ -126,7 +126,8 @@ def _train(args) -> int:
 def _sweep(args) -> int:
     from ablate.sweep.launch import launch
 
-    return launch(args.file, workers=args.workers, storage_url=args.storage)
+    gpus = None if args.gpus is None else [] if args.gpus == ["none"] else args.gpus
+    return launch(args.file, workers=args.workers, storage_url=args.storage, gpus=gpus)
 
 
 def _table(args) -> int:
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a sweep file (sweeps/NAME.yaml) or a shipped sweep's name (default, roadmap, ...)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
+    p.add_argument("--gpus", type=comma_list(), metavar="IDS",
+                   help="GPUs the local workers are pinned to, round robin (default: every GPU of this "
+                   "host; none: no pinning)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("table", help="results table (markdown, CSV) and headline-vs-cache plot")

@@ -242,3 +242,16 @@ def kill_and_resume(tmp_path, storage_url=None):
     trials = optuna.load_study(study_name="t", storage=open_storage(storage_url or sweep.storage)).get_trials()
     states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) == 1 and TrialState.FAIL in states
+
+
+def test_workers_are_pinned_to_gpus_round_robin(tmp_path):
+    from ablate.sweep.launch import gpu_assignment
+
+    assert gpu_assignment(4, ["0", "1"]) == ["0", "1", "0", "1"]
+    assert gpu_assignment(2, []) == [None, None]
+    path = write_sweep(tmp_path, seeds=[0])
+    assert launch(str(path), workers=2, gpus=["3", "5"]) == 0  # a fake device list: no GPU is touched
+    sweep = load_sweep(path)
+    records = [json.loads((sweep.run_dir(p) / "run.json").read_text()) for p, _ in sweep.runs.values()]
+    pinned = {r["visible_devices"] for r in records}
+    assert pinned <= {"3", "5"} and pinned

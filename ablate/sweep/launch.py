@@ -55,7 +55,18 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
         time.sleep(every_s)
 
 
-def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None) -> int:
+def gpu_assignment(workers: int, gpus: list[str] | None = None) -> list[str | None]:
+    """The GPU each local worker is pinned to (CUDA_VISIBLE_DEVICES), round robin over ``gpus``
+    (default: every GPU this host has; none: no pinning, e.g. a CPU host)."""
+    if gpus is None:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
+           gpus: list[str] | None = None) -> int:
     sweep = load_sweep(sweep_path)
     changed = sweep.changed_points()
     if changed:
@@ -68,12 +79,14 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None) ->
     study = open_study(sweep, storage)
     fail_stale_trials(study)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    pinned = gpu_assignment(workers, gpus)
+    on_gpus = f", GPUs {', '.join(g or '-' for g in pinned)}" if any(pinned) else ""
     print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs ({len(sweep.labels)} variants x "
           f"{len(sweep.cfg.tasks)} tasks x {len(sweep.cfg.seeds)} seeds), {workers} worker(s) x "
-          f"{threads} thread(s)\n  storage: {redact(url)}\n  results: {sweep.results}", flush=True)
+          f"{threads} thread(s){on_gpus}\n  storage: {redact(url)}\n  results: {sweep.results}", flush=True)
     started = time.time()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads)) for _ in range(workers)]
+    procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads), kwargs={"gpu": gpu}) for gpu in pinned]
     for p in procs:
         p.start()
     monitor(study, procs, set(trial_keys(sweep)))

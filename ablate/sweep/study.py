@@ -212,10 +212,13 @@ def quiet_training_logs() -> None:
 
 
 def worker(sweep_path: str, storage_url: str | None = None, threads: int | None = None,
-           poll_s: float = 5.0) -> int:
+           poll_s: float = 5.0, gpu: str | None = None) -> int:
     """Take points until every point of the file is finished; returns how many this worker ran.
     A worker outlives points running elsewhere: if their worker died, their heartbeat goes stale
-    after the grace period, the point is re-queued, and this worker runs (resumes) it."""
+    after the grace period, the point is re-queued, and this worker runs (resumes) it. ``gpu``
+    pins the worker to one GPU (set before CUDA starts in this process; runs record it)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     if threads:

@@ -193,6 +193,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
                      "python": platform.python_version()},
         "git": git_revision(), "host": platform.node(),
         "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a sweep worker's pinned GPU
     }
     write_record(run_dir, record)
     write_self_contained(run_dir, cfg, model_cfg, data)
