@@ -111,6 +111,8 @@ def _train(args) -> int:
     from ablate.train.run import train
     from ablate.train.tracking import WandbConfig
 
+    if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
+        raise ConfigError(f"--name {args.name!r}: a run name is one folder name (no '/', not '.' or '..')")
     cfg = run_config(args.variant, args.task, args.set or [])
     if args.wandb:
         cfg = dataclasses.replace(cfg, wandb=cfg.wandb or WandbConfig())

@@ -39,6 +39,24 @@ def nested(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help})
 
 
+def shown(value: Any, limit: int = 120) -> str:
+    """A value as an error message shows it: its repr, cut short (a huge value stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def require(cfg: Any, **bounds: tuple) -> None:
+    """Check numeric fields of a config in __post_init__: ``name=(low, high)`` (None: unbounded),
+    so an impossible size is an error at load time that names the key, not a crash later."""
+    for name, (low, high) in bounds.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"in [{low}, {high}]" if low is not None else f"<= {high}"
+            raise ValueError(f"{name} = {shown(value)}; allowed: {allowed}")
+
+
 # ----------------------------------------------------------------------------- model sections
 
 
@@ -47,6 +65,9 @@ class SizeConfig:
     d_model: int = knob(256, "residual stream width")
     n_layers: int = knob(4, "number of blocks (mixer + optional MLP each)")
     vocab_size: int = knob(8192, "vocabulary size (tied input embedding and output head)")
+
+    def __post_init__(self):
+        require(self, d_model=(1, None), n_layers=(1, None), vocab_size=(1, None))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +93,10 @@ class AttentionConfig:
     )
     rope_theta: float = knob(10000.0, "RoPE base")
 
+    def __post_init__(self):
+        require(self, n_heads=(1, None), n_kv_heads=(1, None), head_dim=(2, None), v_head_dim=(1, None),
+                rope_theta=(1e-9, None))
+
 
 @dataclass(frozen=True, kw_only=True)
 class MambaConfig:
@@ -84,6 +109,13 @@ class MambaConfig:
     dt_min: float = knob(0.001, "lower end of the dt initialisation range")
     dt_max: float = knob(0.1, "upper end of the dt initialisation range")
 
+    def __post_init__(self):
+        require(self, d_state=(1, None), d_conv=(1, None), expand=(1, None), dt_min=(1e-12, None))
+        if self.dt_rank != "auto":
+            require(self, dt_rank=(1, None))
+        if self.dt_max < self.dt_min:
+            raise ValueError(f"dt_max = {self.dt_max} is below dt_min = {self.dt_min}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Mamba2Config:
@@ -94,6 +126,12 @@ class Mamba2Config:
     n_groups: int = knob(1, "B/C groups shared by the heads")
     dt_min: float = knob(0.001, "lower end of the dt initialisation range")
     dt_max: float = knob(0.1, "upper end of the dt initialisation range")
+
+    def __post_init__(self):
+        require(self, d_state=(1, None), d_conv=(1, None), expand=(1, None), head_dim=(1, None),
+                n_groups=(1, None), dt_min=(1e-12, None))
+        if self.dt_max < self.dt_min:
+            raise ValueError(f"dt_max = {self.dt_max} is below dt_min = {self.dt_min}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +146,9 @@ class HybridConfig:
 class MLPConfig:
     kind: Literal["swiglu", "none"] = knob("swiglu", "channel mixer after each token mixer")
     hidden: int | None = knob(None, "SwiGLU hidden width (None: 8/3 d_model rounded up to 64)")
+
+    def __post_init__(self):
+        require(self, hidden=(1, None))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,14 +209,14 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
                 return _convert(option, value, key, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: key '{key}' = {value!r}; allowed: {_describe(tp)}")
+        raise ConfigError(f"{where}: key '{key}' = {shown(value)}; allowed: {_describe(tp)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ConfigError(f"{where}: key '{key}' = {value!r}; allowed: {_describe(tp)}")
+        raise ConfigError(f"{where}: key '{key}' = {shown(value)}; allowed: {_describe(tp)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: key '{key}' = {value!r}; allowed: {_describe(tp)}")
+            raise ConfigError(f"{where}: key '{key}' = {shown(value)}; allowed: {_describe(tp)}")
         (item,) = typing.get_args(tp)[:1]
         return tuple(_convert(item, v, f"{key}[{i}]", where) for i, v in enumerate(value))
     if tp is type(None):
@@ -193,7 +234,7 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{where}: key '{key}' = {value!r}; allowed: {_describe(tp)}")
+    raise ConfigError(f"{where}: key '{key}' = {shown(value)}; allowed: {_describe(tp)}")
 
 
 def from_dict(cls: type, data: dict, where: str, prefix: str = "", also_allowed=()) -> Any:
@@ -212,7 +253,7 @@ def from_dict(cls: type, data: dict, where: str, prefix: str = "", also_allowed=
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: {prefix or cls.__name__}: {err}") from err
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from err
 
 
 def to_dict(cfg: Any, identity: bool = False) -> Any:
@@ -287,14 +328,46 @@ def help_lines(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     return rows
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a page of YAML; anything larger is not one
+
+
+class StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses what a config file never needs and a mistake or an attack does:
+    a key given twice in one mapping (YAML keeps the last silently) and anchors/aliases (their
+    expansion is how a tiny file becomes gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: aliases (*name) are not allowed in config files")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key '{key}' is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is not a config file (at most {MAX_CONFIG_BYTES:,})")
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=StrictLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {shown(str(err), 400)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

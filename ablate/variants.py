@@ -30,7 +30,22 @@ def load_variant(name_or_path: str | Path) -> Variant:
         expand(variant.model)
     except PlanError as err:
         raise ConfigError(f"{path}: {err}") from None
+    check_shapes(variant.model, str(path))
     return variant
+
+
+def check_shapes(cfg: ModelConfig, where: str) -> None:
+    """Build the model on the meta device (no memory): sizes that do not fit together (a width the
+    heads do not divide, an odd RoPE head) are an error naming the file, not a crash at training."""
+    import torch
+
+    from ablate.model import LM
+
+    try:
+        with torch.device("meta"):
+            LM(cfg)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def variant_names() -> list[str]:

@@ -188,6 +188,17 @@ def load_sweep(path: str | Path) -> Sweep:
         cfg = dataclasses.replace(cfg, name=path.stem)
     if not cfg.variants:
         raise ConfigError(f"{path}: key 'variants' is empty; list at least one variant")
+    cfg.recipe.check(str(path))
+    for task in cfg.tasks:
+        if task in TASKS:
+            TASKS.get(task).check(sections.get(task) or TASKS.get(task).config(), str(path))
+    for key in ("seeds", "tasks"):
+        values = getattr(cfg, key)
+        if not values:
+            raise ConfigError(f"{path}: key '{key}' is empty; list at least one")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{path}: key '{key}' lists {sorted({v for v in values if values.count(v) > 1})} "
+                              "more than once")
     for i, task in enumerate(cfg.tasks):
         if task not in TASKS:
             allowed = " | ".join(repr(t) for t in TASKS.names())

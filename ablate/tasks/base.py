@@ -62,6 +62,13 @@ class Task(ABC):
         a function of (seed, step) (``tasks.batches.StepBatchSampler``) so resume is exact."""
 
     @classmethod
+    def check(cls, cfg, where: str) -> None:
+        """What the section's fields say together (checked once all overrides are in); a
+        ConfigError naming ``where`` and the key. Single-field bounds belong in the config's
+        ``__post_init__``."""
+        return None  # nothing to check by default
+
+    @classmethod
     def headline(cls) -> Metric:
         return cls.metrics[0]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ablate.config import knob
+from ablate.config import ConfigError, knob, require
 from ablate.registry import TASKS
 from ablate.tasks.base import Metric, Task, save_atomically
 from ablate.tasks.batches import StepBatchSampler
@@ -38,6 +38,9 @@ class Segment:
     seq_len: int = knob(64, "tokens per example (even)")
     n_pairs: int = knob(4, "key-value pairs per example")
     n_examples: int = knob(1000, "examples in this segment")
+
+    def __post_init__(self):
+        require(self, seq_len=(2, None), n_pairs=(1, None), n_examples=(1, None))
 
     @property
     def name(self) -> str:
@@ -62,13 +65,23 @@ class MQARConfig:
     eval_batch_size: int = knob(128, "batch size for evaluation")
     cache_dir: str = knob(".cache/mqar", "where generated segments are cached", identity=False)
 
+    def __post_init__(self):
+        require(self, vocab_size=(4, None), eval_batch_size=(1, None))
+        for key in ("train", "test"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} is empty; give at least one segment")
+            for i, seg in enumerate(getattr(self, key)):  # what one segment says alone
+                check_segment(seg, None, f"{key}[{i}]")
 
-def check_segment(seg: Segment, vocab_size: int, where: str) -> None:
+
+def check_segment(seg: Segment, vocab_size: int | None, where: str) -> None:
+    """A segment that cannot be generated is an error naming it (vocab_size None: skip the check
+    that needs the vocabulary)."""
     if seg.seq_len % 2:
         raise ValueError(f"{where}: seq_len = {seg.seq_len} must be even")
     if 4 * seg.n_pairs > seg.seq_len:
         raise ValueError(f"{where}: {seg.n_pairs} pairs need seq_len >= {4 * seg.n_pairs} (context + queries)")
-    if vocab_size // 2 - 1 < seg.n_pairs:
+    if vocab_size is not None and vocab_size // 2 - 1 < seg.n_pairs:
         raise ValueError(f"{where}: vocab_size = {vocab_size} has fewer than {seg.n_pairs} distinct keys")
 
 
@@ -160,6 +173,15 @@ class MQAR(Task):
         Metric("val/loss", "minimize", "cross-entropy at query positions"),
         Metric("val/ppl", "minimize", "exp(val/loss)"),
     )
+
+    @classmethod
+    def check(cls, cfg: MQARConfig, where: str) -> None:
+        for i, seg in enumerate(cfg.train + cfg.test):
+            key = f"train[{i}]" if i < len(cfg.train) else f"test[{i - len(cfg.train)}]"
+            try:
+                check_segment(seg, cfg.vocab_size, key)
+            except ValueError as err:
+                raise ConfigError(f"{where}: mqar: {err}") from None
 
     @classmethod
     def build_data(cls, cfg: MQARConfig, batch_size: int, steps_per_epoch: int, seed: int) -> MQARData:

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ablate.config import ConfigError, knob
+from ablate.config import ConfigError, knob, require
 from ablate.registry import TASKS
 from ablate.tasks.base import Metric, Task, save_atomically
 from ablate.tasks.batches import StepBatchSampler
@@ -42,6 +42,9 @@ class TextConfig:
     max_val_tokens: int | None = knob(200_000, "cap on tokens per validation source")
     eval_batch_size: int = knob(32, "batch size for evaluation")
     cache_dir: str = knob(".cache/text", "tokenizer and token-stream cache", identity=False)
+
+    def __post_init__(self):
+        require(self, vocab_size=(1, None), seq_len=(1, None), max_val_tokens=(1, None), eval_batch_size=(1, None))
 
 
 def _open(path: Path):

@@ -80,6 +80,8 @@ def run_config(variant: str, task: str | None = None, sets: list[str] = (), wher
             raise ConfigError(f"{where}: unknown key '{key}'; allowed: a model key ({', '.join(sorted(model_keys))}; "
                               f"`ablate keys` lists them), recipe.KEY, {task}.KEY, evaluate.NAME.KEY, wandb.KEY, "
                               "tensorboard")
+    cfg.recipe.check(where)
+    TASKS.get(task).check(cfg.data, where)
     return cfg
 
 

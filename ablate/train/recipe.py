@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ablate.config import knob
+from ablate.config import ConfigError, knob, require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,17 @@ class RecipeConfig:
     accelerator: str = knob("auto", "Lightning accelerator: auto | cpu | gpu")
     devices: str = knob("auto", "Lightning devices: auto | N | list")
     strategy: str = knob("auto", "Lightning strategy: auto | ddp | fsdp")
+
+    def __post_init__(self):  # single-field bounds; how fields fit together is ``check``'s
+        require(self, lr=(1e-12, None), eps=(0.0, None), weight_decay=(0.0, None), warmup_steps=(0, None),
+                min_lr_ratio=(0.0, 1.0), decay_fraction=(0.0, 1.0), grad_clip=(0.0, None), batch_size=(1, None),
+                max_steps=(1, None), token_budget=(1, None), eval_every=(1, None))
+
+    def check(self, where: str) -> None:
+        """What single fields cannot say (checked once all overrides are in)."""
+        if self.token_budget is None and self.max_steps % self.eval_every:
+            raise ConfigError(f"{where}: recipe.max_steps = {self.max_steps} is not a multiple of "
+                              f"recipe.eval_every = {self.eval_every} (evaluations are the checkpoints)")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
