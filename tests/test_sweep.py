@@ -255,3 +255,22 @@ def test_workers_are_pinned_to_gpus_round_robin(tmp_path):
     records = [json.loads((sweep.run_dir(p) / "run.json").read_text()) for p, _ in sweep.runs.values()]
     pinned = {r["visible_devices"] for r in records}
     assert pinned <= {"3", "5"} and pinned
+
+
+def test_four_launchers_on_a_new_sqlite_study_run_every_point_once(tmp_path):
+    """Four `ablate sweep` commands started together on a study that does not exist yet: the schema
+    is created once, the grid enqueued once, every point trained once, and all four exit 0."""
+    import subprocess
+    import sys
+
+    path = write_sweep(tmp_path, seeds=[0, 1, 2, 3])  # 2 variants x 4 seeds
+    procs = [subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    sweep = load_sweep(path)
+    trials = optuna.load_study(study_name="t", storage=sweep.storage).get_trials()
+    assert sorted(t.user_attrs["point"] for t in trials) == sorted(sweep.runs)  # enqueued once each
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for record in _records(sweep).values():
+        assert record["status"] == "finished" and record["attempts"] == 1  # trained once each
