@@ -249,6 +249,7 @@ def test_workers_are_pinned_to_gpus_round_robin(tmp_path):
 
     assert gpu_assignment(4, ["0", "1"]) == ["0", "1", "0", "1"]
     assert gpu_assignment(2, []) == [None, None]
+    assert gpu_assignment(3, ["0", "1", "2", "3"], per_run=2) == ["0,1", "2,3", "0,1"]  # a 2-device run each
     path = write_sweep(tmp_path, seeds=[0])
     assert launch(str(path), workers=2, gpus=["3", "5"]) == 0  # a fake device list: no GPU is touched
     sweep = load_sweep(path)

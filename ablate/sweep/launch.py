@@ -12,6 +12,7 @@ from pathlib import Path
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from ablate.config import ConfigError
 from ablate.sweep.grid import load_sweep
 from ablate.sweep.study import open_storage, open_study, point_states, redact, trial_key, trial_keys, worker
 
@@ -55,14 +56,18 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
         time.sleep(every_s)
 
 
-def gpu_assignment(workers: int, gpus: list[str] | None = None) -> list[str | None]:
-    """The GPU each local worker is pinned to (CUDA_VISIBLE_DEVICES), round robin over ``gpus``
-    (default: every GPU this host has; none: no pinning, e.g. a CPU host)."""
+def gpu_assignment(workers: int, gpus: list[str] | None = None, per_run: int = 1) -> list[str | None]:
+    """The GPUs each local worker is pinned to (its CUDA_VISIBLE_DEVICES), round robin over blocks
+    of ``per_run`` GPUs (a run with recipe.devices = N takes N for itself) from ``gpus`` (default:
+    every GPU this host has; empty: no pinning, e.g. a CPU host)."""
     if gpus is None:
         import torch
 
         gpus = [str(i) for i in range(torch.cuda.device_count())]
-    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+    blocks = [",".join(gpus[j : j + per_run]) for j in range(0, len(gpus) - per_run + 1, per_run)]
+    if gpus and not blocks:
+        raise ConfigError(f"recipe.devices = {per_run} per run, but the workers have {len(gpus)} GPU(s): {gpus}")
+    return [blocks[i % len(blocks)] if blocks else None for i in range(workers)]
 
 
 def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
@@ -79,7 +84,8 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
     study = open_study(sweep, storage)
     fail_stale_trials(study)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    pinned = gpu_assignment(workers, gpus)
+    devices = sweep.cfg.recipe.devices
+    pinned = gpu_assignment(workers, gpus, devices if isinstance(devices, int) and devices > 1 else 1)
     on_gpus = f", GPUs {', '.join(g or '-' for g in pinned)}" if any(pinned) else ""
     print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs ({len(sweep.labels)} variants x "
           f"{len(sweep.cfg.tasks)} tasks x {len(sweep.cfg.seeds)} seeds), {workers} worker(s) x "

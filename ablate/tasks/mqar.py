@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ablate.config import ConfigError, knob, require
 from ablate.registry import TASKS
 from ablate.tasks.base import Metric, Task, save_atomically
-from ablate.tasks.batches import StepBatchSampler
+from ablate.tasks.batches import StepBatchSampler, ranks, shard
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,11 +155,11 @@ class MQARData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = StepBatchSampler([len(d) for d in self.train_sets], self.batch_size,
-                                   self.steps_per_epoch, self.seed)
+                                   self.steps_per_epoch, self.seed, *ranks(self))
         return DataLoader(torch.utils.data.ConcatDataset(self.train_sets), batch_sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(d, batch_size=self.cfg.eval_batch_size) for d in self.test_sets]
+        return [DataLoader(shard(d, *ranks(self)), batch_size=self.cfg.eval_batch_size) for d in self.test_sets]
 
 
 @TASKS.register("mqar")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ablate.config import ConfigError, knob, require
 from ablate.registry import TASKS
 from ablate.tasks.base import Metric, Task, save_atomically
-from ablate.tasks.batches import StepBatchSampler
+from ablate.tasks.batches import StepBatchSampler, ranks, shard
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,11 +178,11 @@ class TextData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         windows = Windows(self.train_tokens, self.cfg.seq_len)
-        sampler = StepBatchSampler([len(windows)], self.batch_size, self.steps_per_epoch, self.seed)
+        sampler = StepBatchSampler([len(windows)], self.batch_size, self.steps_per_epoch, self.seed, *ranks(self))
         return DataLoader(windows, batch_sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(Windows(t, self.cfg.seq_len), batch_size=self.cfg.eval_batch_size)
+        return [DataLoader(shard(Windows(t, self.cfg.seq_len), *ranks(self)), batch_size=self.cfg.eval_batch_size)
                 for t in self.val_tokens]
 
 

@@ -41,10 +41,17 @@ class LitLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         inputs, labels = batch
         logits = self.model(inputs).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        world = self.trainer.world_size
+        if world == 1:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        else:  # the global batch's mean over labelled tokens: DDP averages the ranks' gradients
+            total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                    reduction="sum")
+            count = self.trainer.strategy.reduce((labels != -100).sum().float(), reduce_op="sum")
+            loss = total * world / count.clamp(min=1)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=world > 1)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 

@@ -39,7 +39,7 @@ class RecipeConfig:
     eval_every: int = knob(100, "steps between evaluations (and checkpoints); divides max_steps")
     seed: int = knob(0, "seed of the init and of the batch order")
     accelerator: str = knob("auto", "Lightning accelerator: auto | cpu | gpu")
-    devices: str = knob("auto", "Lightning devices: auto | N | list")
+    devices: int | str = knob("auto", "Lightning devices: auto | N | list (several: recipe.strategy ddp)")
     strategy: str = knob("auto", "Lightning strategy: auto | ddp | fsdp")
 
     def __post_init__(self):  # single-field bounds; how fields fit together is ``check``'s

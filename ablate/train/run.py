@@ -96,6 +96,8 @@ def write_self_contained(run_dir: Path, cfg: RunConfig, model_cfg: ModelConfig, 
     tokenizer, ``tokenizer.json``."""
     import yaml
 
+    if not rank_zero():
+        return
     variant = {"name": cfg.variant, "description": f"resolved model of run {run_dir.name}", **to_dict(model_cfg)}
     (run_dir / "variant.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
     tokenizer = getattr(data, "tokenizer", None)
@@ -131,7 +133,15 @@ def read_record(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def rank_zero() -> bool:
+    """Whether this process is the first of a multi-device run (Lightning's launcher and torchrun
+    start the others with these variables); only it writes the run's files."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def write_record(run_dir: Path, record: dict) -> None:
+    if not rank_zero():
+        return
     path = Path(run_dir) / "run.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -214,6 +224,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             enable_checkpointing=False,  # EvalCheckpoint writes the one checkpoint a run keeps
             deterministic=not on_gpu,
+            use_distributed_sampler=False,  # the task's StepBatchSampler and shard() split the data per rank
         )
         last = ckpt_dir / "last.ckpt"
         started = time.time()
@@ -238,6 +249,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     finally:
         finish_tracking(loggers, failed=record["status"] == "failed")
     record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
+                  world_size=trainer.world_size, global_batch=cfg.recipe.batch_size,
                   train_seconds=time.time() - started, steps=trainer.global_step)
     write_record(run_dir, record)
     return record
