@@ -275,3 +275,23 @@ def test_four_launchers_on_a_new_sqlite_study_run_every_point_once(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     for record in _records(sweep).values():
         assert record["status"] == "finished" and record["attempts"] == 1  # trained once each
+
+
+def test_a_half_created_study_recovers_on_the_next_start(tmp_path):
+    """A launcher killed between creating the study and enqueuing its grid leaves an empty study;
+    the next start enqueues and runs it instead of waiting for a creator that is gone."""
+    path = write_sweep(tmp_path, seeds=[0])
+    sweep = load_sweep(path)
+    optuna.create_study(study_name="t", storage=open_storage(sweep.storage), direction="maximize")
+    assert launch(str(path), workers=1) == 0
+    assert len(optuna.load_study(study_name="t", storage=sweep.storage).get_trials()) == 2
+
+
+def test_an_out_of_memory_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    variants = ["llama", {"name": "llama", "label": "huge", "sets": {"size.d_model": 4_000_000}}]
+    path = write_sweep(tmp_path, variants=variants, seeds=[0])
+    assert launch(str(path), workers=1) == 1
+    out = capsys.readouterr().out
+    assert "FAILED huge|mqar|s0" in out and "done   llama|mqar|s0" in out
+    record = json.loads((load_sweep(path).results / "runs" / "huge-mqar-s0" / "run.json").read_text())
+    assert record["status"] == "failed" and "allocate" in record["reason"].lower()
