@@ -295,3 +295,41 @@ def test_an_out_of_memory_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys
     assert "FAILED huge|mqar|s0" in out and "done   llama|mqar|s0" in out
     record = json.loads((load_sweep(path).results / "runs" / "huge-mqar-s0" / "run.json").read_text())
     assert record["status"] == "failed" and "allocate" in record["reason"].lower()
+
+
+@pytest.mark.slow
+def test_ten_random_kills_of_launcher_and_workers_lose_nothing(tmp_path):
+    """kill -9 of the whole launcher group at random moments, ten times, restarting each time, then
+    once more to the end: every point has exactly one completed trial and run, with the metrics of
+    an uninterrupted sweep."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    more = {"recipe": {"max_steps": 60, "eval_every": 20, "batch_size": 8, "warmup_steps": 2},
+            "heartbeat_s": 1, "grace_s": 2}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = load_sweep(write_sweep(tmp_path / "a", seeds=[0, 1], **more))
+    assert launch(str(straight.path), workers=2) == 0
+    path = write_sweep(tmp_path / "b", seeds=[0, 1], **more)
+    rng = random.Random(0)
+    for _ in range(10):
+        proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path), "--workers", "2"],
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(2.0, 9.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert launch(str(path), workers=2) == 0
+    sweep = load_sweep(path)
+    trials = optuna.load_study(study_name="t", storage=sweep.storage).get_trials()
+    for point_id in sweep.runs:
+        assert [t.state for t in trials if t.user_attrs["point"] == point_id].count(TrialState.COMPLETE) == 1
+    expected = _records(straight)
+    for point_id, record in _records(sweep).items():
+        assert record["status"] == "finished"
+        assert record["metrics"] == pytest.approx(expected[point_id]["metrics"], rel=1e-6), point_id

@@ -235,7 +235,7 @@ def worker(sweep_path: str, storage_url: str | None = None, threads: int | None 
             run_point(study, storage, sweep, claimed)
             done += 1
         elif unfinished(study, sweep):  # running elsewhere, or dead and not yet stale: wait for it
-            time.sleep(poll_s)
+            time.sleep(min(poll_s, sweep.cfg.grace_s))
         else:
             return done
 
