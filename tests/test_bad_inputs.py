@@ -135,3 +135,21 @@ def test_unknown_variant_and_task(tmp_path, capsys):
     assert "unknown variant 'lama'" in capsys.readouterr().err
     assert main(["train", "llama", "--task", "wiki"]) == 2
     assert "invalid choice: 'wiki'" in capsys.readouterr().err
+
+
+def test_a_strategy_this_machine_cannot_run_is_a_clear_error(tmp_path, capsys):
+    options = ["--set", "recipe.strategy=fsdp", "--set", "recipe.accelerator=cpu", "--set", "recipe.devices=2",
+               "--set", "size.d_model=32", "--set", "size.n_layers=2", "--set", "mqar.vocab_size=32",
+               "--set", "mqar.train=[{seq_len: 16, n_pairs: 2, n_examples: 100}]",
+               "--set", "mqar.test=[{seq_len: 16, n_pairs: 2, n_examples: 10}]",
+               "--set", f"mqar.cache_dir={tmp_path / 'cache'}"]
+    assert main(["train", "llama", "--out", str(tmp_path / "runs"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe (accelerator, devices, strategy, precision)") and "Traceback" not in err
+
+
+def test_a_results_path_that_cannot_be_a_directory_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file where the runs folder would go")
+    assert main(["train", "llama", "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Traceback" not in err

@@ -168,6 +168,17 @@ def _loggers(cfg: RunConfig, run_dir: Path, attempt: int) -> list:
     return loggers
 
 
+def make_trainer(**kwargs) -> L.Trainer:
+    """Lightning's Trainer; settings it refuses (an accelerator, devices or strategy this machine
+    cannot give) are a ConfigError naming the recipe, not a traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except (ValueError, MisconfigurationException) as err:
+        raise ConfigError(f"recipe (accelerator, devices, strategy, precision): {err}") from None
+
+
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False) -> dict:
     """Train (or resume, or skip if finished) one run; returns its record. A directory that holds
     a run of another configuration is a RunConflict, or with ``replace`` is moved aside first."""
@@ -214,7 +225,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         module = LitLM(model_cfg, cfg.recipe, max_steps, data.val_names, backends)
         throughput = Throughput()
         ckpt_dir = run_dir / "checkpoints"
-        trainer = L.Trainer(
+        trainer = make_trainer(
             max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
             accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
             precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
