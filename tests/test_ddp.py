@@ -39,3 +39,31 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path):
     assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-5)
     assert (tmp_path / "two" / "checkpoints" / "last.ckpt").exists()
     assert [p.name for p in (tmp_path / "two" / "logs").iterdir()] == ["attempt1"]  # one rank wrote
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
+    import os
+    import signal
+    import time
+
+    straight, _ = run(tmp_path, "straight", "recipe.strategy=ddp", "recipe.devices=2", "recipe.max_steps=200",
+                      "recipe.eval_every=50")
+    sets = [item for s in [*TINY, f"mqar.cache_dir={tmp_path / 'cache'}", "recipe.strategy=ddp", "recipe.devices=2",
+                           "recipe.max_steps=200", "recipe.eval_every=50"] for item in ("--set", s)]
+    command = [sys.executable, "-m", "ablate.cli", "train", "llama", "--quiet", "--out", str(tmp_path), "--name",
+               "killed", *sets]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks
+    proc.wait()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert record["attempts"] == 2 and record["world_size"] == 2
+    second = pd.read_csv(tmp_path / "killed" / "logs" / "attempt2" / "metrics.csv")
+    assert second["step"].min() >= 50  # from the step-50 checkpoint, the data order continuing per rank
+    assert record["metrics"] == pytest.approx(straight["metrics"], rel=1e-5)
