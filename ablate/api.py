@@ -47,9 +47,15 @@ class Run:
             raise ValueError(f"{self.path}: this run's task has no tokenizer; pass token ids")
         return torch.tensor([self.tokenizer.encode(text).ids])
 
-    def generate(self, prompt: str | torch.Tensor, max_new_tokens: int = 32, **kwargs) -> str | torch.Tensor:
-        """Greedy continuation (``LM.generate`` kwargs pass through); text in, text out."""
-        tokens = self.encode(prompt) if isinstance(prompt, str) else prompt
+    def tokens(self, prompt) -> torch.Tensor:
+        """Text (runs with a tokenizer), a list of token ids, or a (T,) / (B, T) tensor -> (B, T)."""
+        tokens = self.encode(prompt) if isinstance(prompt, str) else torch.as_tensor(prompt, dtype=torch.long)
+        return tokens[None] if tokens.dim() == 1 else tokens
+
+    def generate(self, prompt, max_new_tokens: int = 32, **kwargs) -> str | torch.Tensor:
+        """Greedy continuation (``LM.generate`` kwargs pass through); text in, text out; token ids
+        (a list, (T,) or (B, T)) in, (B, T + new) ids out."""
+        tokens = self.tokens(prompt)
         device = next(self.model.parameters()).device
         out = self.model.generate(tokens.to(device), max_new_tokens, **kwargs)
         if isinstance(prompt, str):
@@ -57,10 +63,9 @@ class Run:
         return out
 
     @torch.no_grad()
-    def maps(self, tokens: str | torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def maps(self, tokens) -> list[dict[str, torch.Tensor]]:
         """Per layer: "attention" probabilities (B, H, T, T) and/or the SSM's implicit "ssm" map."""
-        tokens = self.encode(tokens) if isinstance(tokens, str) else tokens
-        return self.model(tokens, return_maps=True).maps
+        return self.model(self.tokens(tokens), return_maps=True).maps
 
 
 def build_model(variant: str | Path, sets: list[str] = (), backends: Backends | None = None) -> LM:

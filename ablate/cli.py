@@ -135,6 +135,9 @@ def _sweep(args) -> int:
 def _table(args) -> int:
     from ablate.analysis.tables import write_tables
 
+    results = Path(args.results)
+    if not (list(results.glob("runs/*/run.json")) or list(results.glob("*/run.json"))):
+        raise ConfigError(f"{results}: no run records (RESULTS/runs/*/run.json or RESULTS/*/run.json)")
     paths = write_tables(args.results)
     print(Path(paths["markdown"]).read_text())
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))

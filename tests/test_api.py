@@ -29,6 +29,8 @@ def test_load_run_gives_the_trained_model_and_its_record(finished_run):
     maps = run.maps(tokens)
     assert len(maps) == 2 and maps[0]["attention"].shape == (2, 2, 16, 16)
     assert run.generate(tokens[:1, :5], max_new_tokens=3).shape == (1, 8)
+    assert torch.equal(run.generate(tokens[0, :5].tolist(), 3), run.generate(tokens[:1, :5], 3))  # a list of ids
+    assert len(run.maps(tokens[0].tolist())) == 2
     with pytest.raises(ValueError, match="no tokenizer"):
         run.generate("text")
     frame = ablate.load_results(finished_run.parent.parent)

@@ -82,6 +82,8 @@ SWEEPS = {  # extra YAML appended to a valid sweep file -> pieces of the message
     "more pairs than keys": ("mqar: {vocab_size: 8, test: [{seq_len: 64, n_pairs: 8}]}",
                              ["mqar: train[0]: vocab_size = 8 has fewer than", "distinct keys"]),
     "unknown top-level key": ("variant: [llama]", ["unknown key 'variant'", "variants", "mqar"]),
+    "sets that do not fit": ("grid: {attention.n_heads: [3]}", ["variant llama", "n_heads=3"]),
+    "a grid value that is not a list": ("grid: {size.d_model: 64}", ["grid.size.d_model", "a non-empty list"]),
 }
 
 
@@ -116,6 +118,8 @@ SETS = {  # ablate train llama ... -> pieces of the message
     "steps not a multiple of evaluations": (["--set", "recipe.max_steps=150"], ["max_steps = 150", "eval_every"]),
     "empty MQAR test set": (["--set", "mqar.test=[]"], ["test is empty"]),
     "run name escapes the folder": (["--name", "../../evil"], ["a run name is one folder name"]),
+    "heads that do not fit the kv heads": (["--set", "attention.n_heads=3"], ["n_heads=3", "n_kv_heads=2"]),
+    "a window on an all-global model": (["--set", "layout.window=4"], ["layout.window is set", "global"]),
 }
 
 
@@ -153,3 +157,20 @@ def test_a_results_path_that_cannot_be_a_directory_is_a_clear_error(tmp_path, ca
     assert main(["train", "llama", "--out", str(tmp_path / "taken")]) == 2
     err = capsys.readouterr().err
     assert "cannot be written" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option,piece", [("recipe.backend=triton", "recipe.backend = 'triton'"),
+                                          ("recipe.token_budget=10", "training steps")])
+def test_recipe_settings_found_wrong_at_run_time_are_clear_errors(option, piece, tmp_path, capsys):
+    options = ["--set", option, "--set", "size.d_model=32", "--set", "size.n_layers=2", "--set", "mqar.vocab_size=32",
+               "--set", "mqar.train=[{seq_len: 16, n_pairs: 2, n_examples: 100}]",
+               "--set", "mqar.test=[{seq_len: 16, n_pairs: 2, n_examples: 10}]",
+               "--set", f"mqar.cache_dir={tmp_path / 'cache'}"]
+    assert main(["train", "llama", "--out", str(tmp_path / "runs"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and piece in err and "Traceback" not in err, err
+
+
+def test_a_table_of_a_folder_without_runs_is_an_error(tmp_path, capsys):
+    assert main(["table", str(tmp_path / "nothing")]) == 2
+    assert "no run records" in capsys.readouterr().err and not (tmp_path / "nothing").exists()

@@ -30,7 +30,7 @@ from ablate.config import ConfigError, from_dict, knob, load_yaml, nested, overr
 from ablate.registry import TASKS
 from ablate.sizing import match
 from ablate.tasks import default_task
-from ablate.train.config import RunConfig, section
+from ablate.train.config import RunConfig, check_model, section
 from ablate.train.identity import differences, identity
 from ablate.train.recipe import RecipeConfig
 from ablate.train.run import read_record
@@ -146,6 +146,7 @@ def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, where: str):
         model = override(model, key, value, where=f"{where}: variant {entry.name}")
     if cfg.match is not None:
         model = match(model, cfg.match.target, cfg.match.knob, cfg.match.tolerance).cfg
+    check_model(model, f"{where}: variant {entry.label or entry.name}")
     return model
 
 
@@ -203,6 +204,9 @@ def load_sweep(path: str | Path) -> Sweep:
         if task not in TASKS:
             allowed = " | ".join(repr(t) for t in TASKS.names())
             raise ConfigError(f"{path}: key 'tasks[{i}]' = {task!r}; allowed: {allowed}")
+    for key, values in cfg.grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"{path}: key 'grid.{key}' = {values!r}; allowed: a non-empty list of values")
     grid_keys = list(cfg.grid)
     runs = {}
     for entry in _entries(cfg):

@@ -13,7 +13,7 @@ from ablate.registry import EVALUATIONS, TASKS
 from ablate.tasks import default_task
 from ablate.train.recipe import RecipeConfig
 from ablate.train.tracking import WandbConfig
-from ablate.variants import load_variant
+from ablate.variants import check_shapes, load_variant
 
 
 def section(cls: type, value: Any, key: str, where: str) -> Any:
@@ -82,7 +82,19 @@ def run_config(variant: str, task: str | None = None, sets: list[str] = (), wher
                               "tensorboard")
     cfg.recipe.check(where)
     TASKS.get(task).check(cfg.data, where)
+    check_model(cfg.model, where)
     return cfg
+
+
+def check_model(model: ModelConfig, where: str) -> None:
+    """The overridden model's layer plan and shapes, checked before anything runs."""
+    from ablate.plan import PlanError, expand
+
+    try:
+        expand(model)
+    except PlanError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    check_shapes(model, where)
 
 
 def _override_evaluation(cfg: RunConfig, key: str, value: Any, where: str) -> RunConfig:

@@ -33,7 +33,7 @@ import torch
 import ablate
 import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
 from ablate.config import ConfigError, ModelConfig, to_dict
-from ablate.ops.backends import resolve
+from ablate.ops.backends import BackendError, resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
@@ -175,7 +175,7 @@ def make_trainer(**kwargs) -> L.Trainer:
 
     try:
         return L.Trainer(**kwargs)
-    except (ValueError, MisconfigurationException) as err:
+    except (ValueError, TypeError, AssertionError, RuntimeError, MisconfigurationException) as err:
         raise ConfigError(f"recipe (accelerator, devices, strategy, precision): {err}") from None
 
 
@@ -190,14 +190,20 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     quiet_lightning()
     steps_per_epoch = cfg.recipe.eval_every
     data, vocab, seq_len = build_data(cfg, steps_per_epoch)
-    max_steps = resolve_steps(cfg, seq_len)
+    try:
+        max_steps = resolve_steps(cfg, seq_len)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
     accelerator = cfg.recipe.accelerator
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = cfg.recipe.precision
     if precision == "auto":
         precision = "bf16-mixed" if on_gpu else "32-true"
-    backends = resolve(cfg.recipe.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
+    try:
+        backends = resolve(cfg.recipe.backend, "cuda" if on_gpu else "cpu", cfg.recipe.compile)
+    except BackendError as err:
+        raise ConfigError(f"recipe.backend = {cfg.recipe.backend!r}: {err}") from None
     attempt = (previous or {}).get("attempts", 0) + 1
     ident, digest = identity(cfg)
     record = {
