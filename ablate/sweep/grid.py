@@ -19,6 +19,7 @@ Loading builds and validates every run's config, so a bad sweep file fails befor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import re
@@ -97,7 +98,6 @@ class Sweep:
     cfg: SweepConfig
     path: Path
     runs: dict[str, tuple[Point, RunConfig]]  # point id -> (point, run config), in grid order
-    sections: dict[str, Any] = field(default_factory=dict)  # task name -> its config section
 
     @property
     def results(self) -> Path:
@@ -110,10 +110,14 @@ class Sweep:
     def run_dir(self, point: Point) -> Path:
         return self.results / "runs" / point.dirname
 
+    @functools.cached_property
+    def hashes(self) -> dict[str, str]:
+        """Point id -> the identity hash of its run (``train.identity``), computed once: a trial is
+        for this file's version of the point exactly when it carries this hash."""
+        return {point_id: identity(cfg)[1] for point_id, (_, cfg) in self.runs.items()}
+
     def config_hash(self, point_id: str) -> str:
-        """The identity hash of a point's run (``train.run.identity``): a trial is for this file's
-        version of the point exactly when it carries this hash."""
-        return identity(self.runs[point_id][1])[1]
+        return self.hashes[point_id]
 
     def changed_points(self) -> dict[str, str]:
         """Points whose run directory holds a run of another configuration (the file changed
@@ -226,4 +230,4 @@ def load_sweep(path: str | Path) -> Sweep:
                 except ConfigError as err:
                     raise ConfigError(f"{path}: {err}") from None
                 runs[point.id] = (point, run)
-    return Sweep(cfg, path, runs, sections)
+    return Sweep(cfg, path, runs)
