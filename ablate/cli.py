@@ -9,6 +9,8 @@ record (run.json) that tables and plots read.
   ablate sweep sweeps/NAME.yaml        a study: a grid of runs through an Optuna study, then its table
   ablate table RESULTS_DIR             a results table (markdown, CSV) and the headline-vs-cache plot
   ablate export RUN_DIR OUT            a run as safetensors + config (+ tokenizer), for ablate.load_run
+  ablate eval RUN_DIR --tasks ...      recall / commonsense / perplexity through lm-evaluation-harness
+  ablate lm-eval ARGS...               lm-eval's own CLI, with the model `ablate` and the local tasks
 
 `ablate COMMAND --help` says more about each.
 """
@@ -153,6 +155,44 @@ def _export(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from tabulate import tabulate
+
+    from ablate.evaluate.harness import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.tasks, args.limit, args.batch_size, args.data_dir, args.device)
+    rows = []
+    for key, value in result["metrics"].items():
+        task, metric = key.split("/") if "/" in key else (key.replace("_avg", " avg"), "mean of headline metrics")
+        rows.append([task, metric, f"{value:.4f}", f"{result['stderr'].get(key, float('nan')):.4f}"])
+    print(tabulate(rows, headers=["task", "metric", "value", "stderr"], tablefmt="github", disable_numparse=True))
+    info = result["info"]
+    limit = f", at most {info['limit']} items per task" if info["limit"] else ""
+    print(f"\nlm-eval {info['lm_eval_version']}, {info['seconds']:.0f} s{limit}; stderr: lm-eval's, over items "
+          f"(not seeds)\nfiles: {Path(args.run_dir) / 'eval'}/ (results.json, samples_*.jsonl); metrics added "
+          f"to {Path(args.run_dir) / 'run.json'} as eval/lm_eval/TASK/METRIC")
+    return 0
+
+
+def _lm_eval(args) -> int:
+    """lm-eval's own command line (``lm_eval run ...``), after registering the ablate model; the
+    local tasks' include path is added unless given."""
+    import ablate.evaluate.harness as harness
+
+    harness._offline_lm_eval()
+    from lm_eval.__main__ import cli_evaluate
+
+    import ablate.evaluate.lm_eval_model  # noqa: F401  (registers the model "ablate")
+    from ablate.evaluate.lm_tasks import INCLUDE_PATH
+
+    argv = list(args.args)
+    if "--include_path" not in argv and any(a not in ("-h", "--help") for a in argv):
+        argv += ["--include_path", str(INCLUDE_PATH)]
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ablate.registry import TASKS
     from ablate.tasks import default_task
@@ -208,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory (run.json, checkpoints/last.ckpt)")
     p.add_argument("out", help="the export directory (Hugging Face layout; ablate.load_run reads it)")
     p.set_defaults(func=_export)
+
+    from ablate.evaluate.lm_tasks import GROUPS
+    from ablate.evaluate.lm_tasks import TASKS as LM_TASKS
+
+    p = sub.add_parser("eval", help="evaluate a finished text run with lm-evaluation-harness on the local "
+                       "benchmark files (offline); adds the metrics to its run record")
+    p.add_argument("run_dir", help="a finished run directory (trained on the text task)")
+    p.add_argument("--tasks", type=comma_list([*GROUPS, *LM_TASKS]), default=["commonsense", "recall"],
+                   help=f"groups ({', '.join(GROUPS)}) or tasks ({', '.join(LM_TASKS)}); default commonsense,recall")
+    p.add_argument("--limit", type=int, help="at most N items per task (a quick look; recorded with the result)")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per forward (scores do not depend on it)")
+    p.add_argument("--data-dir", help="the local benchmark files (default: $ABLATE_DATA_DIR, else ../shared/data "
+                   "beside the checkout)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("lm-eval", help="lm-eval's own CLI with the model `ablate` registered and the local "
+                       "tasks on its include path: ablate lm-eval --model ablate --model_args run_dir=RUN "
+                       "--tasks ablate_piqa", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's arguments")
+    p.set_defaults(func=_lm_eval)
     return parser
 
 

@@ -55,10 +55,11 @@ TASKS = Registry("task")
 EVALUATIONS = Registry("evaluation")
 
 
-def import_submodules(package_name: str, package_path) -> None:
-    """Import every module of a package (its registrations run); called from its __init__."""
+def import_submodules(package_name: str, package_path, skip: tuple[str, ...] = ()) -> None:
+    """Import every module of a package but ``skip`` (its registrations run); called from its __init__."""
     import importlib
     import pkgutil
 
     for info in pkgutil.iter_modules(package_path):
-        importlib.import_module(f"{package_name}.{info.name}")
+        if info.name not in skip:
+            importlib.import_module(f"{package_name}.{info.name}")

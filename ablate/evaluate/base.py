@@ -23,16 +23,21 @@ from ablate.tasks.base import Metric, TaskData
 class Evaluation(ABC):
     name: ClassVar[str]  # set by EVALUATIONS.register
     config: ClassVar[type]  # the frozen dataclass of its section under `evaluate:`
-    metrics: ClassVar[tuple[Metric, ...]]  # names relative to eval/NAME/
+    metrics: ClassVar[tuple[Metric, ...]]  # names relative to eval/NAME/ (or metrics_for, if they depend on cfg)
+
+    @classmethod
+    def metrics_for(cls, cfg) -> list[Metric]:
+        """The metrics ``run`` returns for this config; the fixed ``metrics`` unless overridden."""
+        return list(cls.metrics)
 
     @classmethod
     @abstractmethod
     def run(cls, cfg, model: nn.Module, data: TaskData, run_dir: Path) -> dict[str, float]:
         """Score ``model`` (an ``ablate.model.LM`` in eval mode, on the device training used) with
         ``cfg`` (an instance of ``config``); ``data`` is the run's task data (its tokenizer, if the
-        task has one). Returns one value per name in ``metrics``."""
+        task has one). Returns one value per name in ``metrics_for(cfg)``."""
 
     @classmethod
-    def recorded(cls) -> list[Metric]:
+    def recorded(cls, cfg) -> list[Metric]:
         """The metrics as the run records them (prefixed eval/NAME/)."""
-        return [Metric(f"eval/{cls.name}/{m.name}", m.direction, m.help) for m in cls.metrics]
+        return [Metric(f"eval/{cls.name}/{m.name}", m.direction, m.help) for m in cls.metrics_for(cfg)]

@@ -63,8 +63,8 @@ def metric_specs(cfg: RunConfig) -> list[dict]:
     """The summary metrics this run reports, each with its direction, headline first; recorded so
     that analysis and studies read them without task or evaluation code."""
     specs = list(TASKS.get(cfg.task).metrics)
-    for name in cfg.evaluate:
-        specs += EVALUATIONS.get(name).recorded()
+    for name, section in cfg.evaluate.items():
+        specs += EVALUATIONS.get(name).recorded(section)
     return [m.as_dict() for m in specs]
 
 
@@ -74,7 +74,7 @@ def evaluate(cfg: RunConfig, model: torch.nn.Module, data, run_dir: Path) -> dic
     model.eval()
     for name, section_cfg in cfg.evaluate.items():
         results = EVALUATIONS.get(name).run(section_cfg, model, data, run_dir)
-        expected = {m.name for m in EVALUATIONS.get(name).metrics}
+        expected = {m.name for m in EVALUATIONS.get(name).metrics_for(section_cfg)}
         if set(results) != expected:
             raise RuntimeError(f"evaluation '{name}' returned {sorted(results)}; it declares {sorted(expected)}")
         metrics.update({f"eval/{name}/{k}": float(v) for k, v in results.items()})
