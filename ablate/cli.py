@@ -185,7 +185,7 @@ def _lm_eval(args) -> int:
     import ablate.evaluate.lm_eval_model  # noqa: F401  (registers the model "ablate")
     from ablate.evaluate.lm_tasks import INCLUDE_PATH
 
-    argv = list(args.args)
+    argv = [a for a in args.args if a != "--"]
     if "--include_path" not in argv and any(a not in ("-h", "--help") for a in argv):
         argv += ["--include_path", str(INCLUDE_PATH)]
     sys.argv = ["lm_eval", *argv]
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # everything after it is lm-eval's (argparse would read its options as ours)
+        argv = ["lm-eval", "--", *argv[1:]]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed the usage error (or the help)

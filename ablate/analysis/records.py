@@ -17,6 +17,14 @@ def summary_metrics(rec: dict) -> list[dict]:
     return [{"name": k, "direction": None} for k in rec.get("metrics", {}) if k.count("/") == 1]
 
 
+def evaluation_limit(rec: dict) -> int | None:
+    """The item limit of the run's evaluations (in its config, or an ``ablate eval --limit``), if any:
+    such columns are a quick look, not the full sets."""
+    sections = list(rec.get("config", {}).get("evaluate", {}).values()) + list(rec.get("evaluations", {}).values())
+    limits = [s["limit"] for s in sections if isinstance(s, dict) and s.get("limit")]
+    return max(limits) if limits else None
+
+
 def load_runs(results: str | Path) -> pd.DataFrame:
     """Every RESULTS/runs/*/run.json (or RESULTS/*/run.json) as one row with dotted columns.
     ``metric_specs`` holds the run's summary metrics (JSON), ``headline`` its headline metric."""
@@ -32,7 +40,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             "attn_ssm_ratio": rec["params"]["attn_ssm_ratio"],
             "cache_mb": rec["cache_bytes"]["fp16"]["total"] / 1e6, "cache_seq_len": rec["cache_seq_len"],
             "tokens_per_s": rec.get("tokens_per_s"), "precision": rec.get("precision"),
-            "device": rec.get("device"), "dir": str(path.parent),
+            "device": rec.get("device"), "dir": str(path.parent), "eval_limit": evaluation_limit(rec),
         }
         specs = summary_metrics(rec)
         row["metric_specs"] = json.dumps(specs)

@@ -31,6 +31,13 @@ def summary_metric_names(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def table_metric_names(df: pd.DataFrame) -> list[str]:
+    """The summary metrics that are columns of the printed table (a spec's ``table``, default true:
+    e.g. lm-eval's headline metric per task and the averages, not every metric it reports)."""
+    names = [m["name"] for specs in df["metric_specs"] for m in json.loads(specs) if m.get("table", True)]
+    return list(dict.fromkeys(names))
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
     # per-part accuracies in the order the runs logged them (the test grid's order)
     per_part = [c for c in df if c.startswith("val/") and c.count("/") == 2 and c.endswith("/acc")]
@@ -44,7 +51,8 @@ def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     for (task, variant), g in done.groupby(["task", "variant"], sort=False):
         row = {"task": task, "variant": variant, "seeds": len(g), "params_M": g["params"].iloc[0] / 1e6,
                "non_emb_M": g["params_non_embedding"].iloc[0] / 1e6, "attn:ssm": g["attn_ssm_ratio"].iloc[0],
-               "cache_MB": g["cache_mb"].iloc[0], "headline": g["headline"].iloc[0]}
+               "cache_MB": g["cache_mb"].iloc[0], "headline": g["headline"].iloc[0],
+               "eval_limit": g["eval_limit"].max() if "eval_limit" in g else None}
         for col in metric_columns(done):
             row[col] = g[col].mean()
             row[col + " ci95"] = ci95(g[col])
@@ -53,7 +61,18 @@ def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     if order and not out.empty:
         rank = {v: i for i, v in enumerate(order)}
         out = out.sort_values(["task", "variant"], key=lambda s: s.map(rank) if s.name == "variant" else s)
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    per_part = [c for c in metric_columns(done) if c.startswith("val/") and c.count("/") == 2]
+    out.attrs["shown"] = [c for c in table_metric_names(done) if c in done] + per_part + ["tokens_per_s"]
+    return out
+
+
+def column_title(metric: str) -> str:
+    """val/test_1/acc -> test_1 acc; eval/lm_eval/piqa/acc_norm -> piqa acc_norm; ..._avg -> ... avg."""
+    if metric == "tokens_per_s":
+        return "train tok/s"
+    name = metric.removeprefix("eval/lm_eval/").replace("val/", "").replace("/acc", " acc")
+    return name.replace("/", " ").replace("_avg", " avg")
 
 
 def _cell(mean: float, ci: float, digits: int) -> str:
@@ -65,7 +84,8 @@ def _cell(mean: float, ci: float, digits: int) -> str:
 def to_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no finished runs)\n"
-    metrics = [c for c in summary if c.startswith(("val/", "eval/")) and not c.endswith("ci95")] + ["tokens_per_s"]
+    metrics = summary.attrs.get("shown") or (
+        [c for c in summary if c.startswith(("val/", "eval/")) and not c.endswith("ci95")] + ["tokens_per_s"])
     shown = pd.DataFrame({
         "task": summary["task"], "variant": summary["variant"], "seeds": summary["seeds"],
         "params (M)": summary["params_M"].map("{:.3f}".format),
@@ -74,9 +94,16 @@ def to_markdown(summary: pd.DataFrame) -> str:
     })
     for col in metrics:
         digits = 0 if col == "tokens_per_s" else 3
-        name = col.replace("val/", "").replace("/acc", " acc") if col != "tokens_per_s" else "train tok/s"
-        shown[name] = [_cell(m, c, digits) for m, c in zip(summary[col], summary[col + " ci95"], strict=True)]
+        shown[column_title(col)] = [_cell(m, c, digits) for m, c in zip(summary[col], summary[col + " ci95"],
+                                                                         strict=True)]
     note = "mean ± 95% CI over seeds (Student t); cache: fp16 decoding state at the longest training sequence"
+    if any(c.startswith("eval/lm_eval/") for c in metrics):
+        note += ("; lm-eval columns: the headline metric per task (acc_norm where lm-eval reports it, else acc; "
+                 "contains for recall), commonsense avg over 7 of the paper's 8 tasks (no TruthfulQA locally); "
+                 "every metric is in table.csv")
+    limits = summary["eval_limit"].dropna() if "eval_limit" in summary else []
+    if len(limits):
+        note += f"; evaluations limited to {int(max(limits))} items per task: a quick look, not the full sets"
     return shown.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
 
 

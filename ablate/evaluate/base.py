@@ -11,6 +11,7 @@ stays, so the next start resumes at the end of training and evaluates again.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -40,4 +41,4 @@ class Evaluation(ABC):
     @classmethod
     def recorded(cls, cfg) -> list[Metric]:
         """The metrics as the run records them (prefixed eval/NAME/)."""
-        return [Metric(f"eval/{cls.name}/{m.name}", m.direction, m.help) for m in cls.metrics_for(cfg)]
+        return [dataclasses.replace(m, name=f"eval/{cls.name}/{m.name}") for m in cls.metrics_for(cfg)]

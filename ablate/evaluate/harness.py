@@ -70,7 +70,8 @@ def metric_specs(tasks) -> list[Metric]:
     for task in names:
         for metric in METRICS[task]:
             direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
-            specs.append(Metric(f"{task}/{metric}", direction, f"lm-eval {TASKS[task]} {metric}"))
+            specs.append(Metric(f"{task}/{metric}", direction, f"lm-eval {TASKS[task]} {metric}",
+                                table=metric == HEADLINE[task]))  # the paper's tables: one column per task
     return specs
 
 

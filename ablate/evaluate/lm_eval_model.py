@@ -53,7 +53,8 @@ class AblateLM(TemplateLM):
     def __init__(self, run_dir: str | None = None, *, model=None, tokenizer=None, max_length: int | None = None,
                  batch_size: int | str = 8, device: str | None = None, max_batch_size=None, **unused):
         super().__init__()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI asks for cuda by default
         self.run_info = {}
         if run_dir is not None:
             from ablate.api import load_run

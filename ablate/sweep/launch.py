@@ -14,7 +14,16 @@ from optuna.trial import TrialState
 
 from ablate.config import ConfigError
 from ablate.sweep.grid import load_sweep
-from ablate.sweep.study import open_storage, open_study, point_states, redact, trial_key, trial_keys, worker
+from ablate.sweep.study import (
+    open_storage,
+    open_study,
+    point_states,
+    redact,
+    requeue_failed,
+    trial_key,
+    trial_keys,
+    worker,
+)
 
 
 def _describe(trial) -> str:
@@ -83,6 +92,10 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
     storage = open_storage(url, sweep.cfg.heartbeat_s, sweep.cfg.grace_s)
     study = open_study(sweep, storage)
     fail_stale_trials(study)
+    retried = requeue_failed(study, storage, sweep)
+    if retried:
+        print(f"sweep '{sweep.cfg.name}': {len(retried)} point(s) failed in an earlier start and run again "
+              f"(resuming their checkpoints): {', '.join(retried)}")
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     devices = sweep.cfg.recipe.devices
     pinned = gpu_assignment(workers, gpus, devices if isinstance(devices, int) and devices > 1 else 1)

@@ -112,6 +112,18 @@ def _enqueue_missing(study: optuna.Study, sweep: Sweep) -> None:
     study.set_user_attr("points", sorted(set(study.user_attrs.get("points", [])) | set(keys)))
 
 
+def requeue_failed(study: optuna.Study, storage: RDBStorage, sweep: Sweep) -> list[str]:
+    """A new start retries the points whose runs failed before (an evaluation's data missing, an
+    out-of-memory): each gets one new WAITING trial and its run resumes from its checkpoint.
+    Within one start a failed point is not retried, so a run that always fails costs one attempt
+    per start. -> the re-queued point ids."""
+    with file_lock(storage.url, "enqueue"):
+        failed = [p for p, state in point_states(study, sweep).items() if state == TrialState.FAIL]
+        for point_id in failed:
+            study.enqueue_trial({}, user_attrs={"point": point_id, "config_hash": sweep.config_hash(point_id)})
+    return failed
+
+
 @contextlib.contextmanager
 def file_lock(url: str, what: str):
     """Serialise one kind of study operation between processes on SQLite (a file local to one

@@ -35,6 +35,7 @@ class Metric:
     name: str  # a key of the run record's metrics, e.g. "val/acc"
     direction: Literal["maximize", "minimize"]
     help: str = ""
+    table: bool = True  # a column of the printed table (every metric is in table.csv and runs.csv)
 
     def as_dict(self) -> dict:
         return asdict(self)
