@@ -17,6 +17,7 @@ tables read them without lm-eval. Task names, groups and the local data are in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def _offline_lm_eval():
     """lm-eval, imported with the Hugging Face libraries told to stay offline (read at their import)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes about its own config defaults
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager

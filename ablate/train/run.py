@@ -254,7 +254,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
             trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        evaluations = evaluate(cfg, module.model, data, run_dir)
+        # Lightning's teardown has moved the model back to the CPU: evaluate where training ran
+        evaluations = evaluate(cfg, module.model.to(trainer.strategy.root_device), data, run_dir)
         for logger in loggers:  # the evaluations' metrics go wherever the training curves went
             logger.log_metrics(evaluations, step=trainer.global_step)
         metrics.update(evaluations)
