@@ -18,7 +18,7 @@ if [ "${SPEED:-1}" = 1 ]; then
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 fi
 (while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) &
-timeout "$STUDY_S" python3 -m ablate.cli sweep text --workers 3 2>&1 | grep -v "WARNING\|For example\|it/s]" | tail -60
+timeout "$STUDY_S" python3 -m ablate.cli sweep text --workers "${WORKERS:-3}" 2>&1 | grep -v "WARNING\|For example\|it/s]" | tail -60
 kill %1 2>/dev/null
 tar czf "$OUT/text-study.tar.gz" --exclude='*.ckpt' --exclude='samples_*' --exclude='*.db*' results/text 2>/dev/null
 ls -la "$OUT"
