@@ -24,7 +24,7 @@ import torch
 from ablate.cli import comma_list
 
 SIZES = {
-    "tiny": {"size.d_model": 64, "size.n_layers": 2, "attention.n_heads": 2, "attention.n_kv_heads": 2,
+    "tiny": {"size.d_model": 64, "size.n_layers": 4, "attention.n_heads": 2, "attention.n_kv_heads": 2,
              "mlp.hidden": 128, "vocab": 2048, "seq_len": 256},
     "125M": {"size.d_model": 512, "size.n_layers": 24, "attention.n_heads": 8, "attention.n_kv_heads": 4,
              "mlp.hidden": 1664, "mamba2.head_dim": 64, "vocab": 32000, "seq_len": 2048},
