@@ -45,6 +45,16 @@ def comma_list(allowed: Iterable[str] | None = None) -> Callable[[str], list[str
     return parse
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive integer")
+    return value
+
+
 def _variants(args) -> int:
     from tabulate import tabulate
 
@@ -164,7 +174,8 @@ def _eval(args) -> int:
     rows = []
     for key, value in result["metrics"].items():
         task, metric = key.split("/") if "/" in key else (key.replace("_avg", " avg"), "mean of headline metrics")
-        rows.append([task, metric, f"{value:.4f}", f"{result['stderr'].get(key, float('nan')):.4f}"])
+        err = result["stderr"].get(key)
+        rows.append([task, metric, f"{value:.4f}", "-" if err is None else f"{err:.4f}"])
     print(tabulate(rows, headers=["task", "metric", "value", "stderr"], tablefmt="github", disable_numparse=True))
     info = result["info"]
     limit = f", at most {info['limit']} items per task" if info["limit"] else ""
@@ -257,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished run directory (trained on the text task)")
     p.add_argument("--tasks", type=comma_list([*GROUPS, *LM_TASKS]), default=["commonsense", "recall"],
                    help=f"groups ({', '.join(GROUPS)}) or tasks ({', '.join(LM_TASKS)}); default commonsense,recall")
-    p.add_argument("--limit", type=int, help="at most N items per task (a quick look; recorded with the result)")
-    p.add_argument("--batch-size", type=int, default=16, help="requests per forward (scores do not depend on it)")
+    p.add_argument("--limit", type=positive_int, help="at most N items per task (a quick look; recorded with the "
+                   "result)")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="requests per forward (scores do not depend on it)")
     p.add_argument("--data-dir", help="the local benchmark files (default: $ABLATE_DATA_DIR, else ../shared/data "
                    "beside the checkout)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")

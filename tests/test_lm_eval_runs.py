@@ -87,6 +87,19 @@ def test_eval_of_a_run_without_a_tokenizer_is_a_clear_error(tmp_path, capsys):
     assert "no tokenizer" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere"), "--tasks", "piqa"]) == 2
     assert main(["eval", str(run_dir), "--tasks", "nope"]) == 2
+    assert main(["eval", str(run_dir), "--tasks", "piqa", "--limit", "0"]) == 2
+    assert main(["eval", str(run_dir), "--tasks", "piqa", "--batch-size", "-1"]) == 2
+
+
+def test_a_second_evaluation_replaces_the_first(text_run):
+    assert main(["eval", str(text_run), "--tasks", "recall", "--limit", "3"]) == 0
+    assert main(["eval", str(text_run), "--tasks", "piqa", "--limit", "2"]) == 0
+    record = json.loads((text_run / "run.json").read_text())
+    evaluated = {k for k in record["metrics"] if k.startswith("eval/lm_eval/")}
+    assert evaluated == {"eval/lm_eval/piqa/acc", "eval/lm_eval/piqa/acc_norm"}
+    assert [p.name for p in (text_run / "eval").glob("samples_*")] == ["samples_ablate_piqa.jsonl"]
+    summary = (text_run / "eval" / "summary.json").read_text()
+    assert "NaN" not in summary  # strict JSON
 
 
 def test_evaluation_inside_a_sweep_is_redone_after_a_failure_without_retraining(tmp_path, capsys):
@@ -100,15 +113,19 @@ def test_evaluation_inside_a_sweep_is_redone_after_a_failure_without_retraining(
         path.write_text(yaml.safe_dump(doc))
         return main(["sweep", str(path)])
 
-    assert sweep(str(tmp_path / "no-data")) == 1  # the evaluation fails: the run is failed, its checkpoint kept
     run_dir = tmp_path / "results" / "runs" / "llama-text-s0"
+    assert sweep(str(tmp_path / "no-data")) == 1  # no data directory: the run fails before training
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+    (tmp_path / "empty").mkdir()
+    assert sweep(str(tmp_path / "empty")) == 1  # its files are missing: the evaluation fails after training
     failed = json.loads((run_dir / "run.json").read_text())
-    assert failed["status"] == "failed" and "no-data" in failed["reason"]
+    assert failed["status"] == "failed" and "not found" in failed["reason"]
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
     assert sweep(str(DATA)) == 0  # data_dir is not part of the run's identity: the same run, evaluated now
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "finished" and record["attempts"] == 2
+    assert record["status"] == "finished" and record["attempts"] == 2  # attempt 1 was the one that trained
+    assert record["versions"]["lm_eval"] == "0.4.13"
     assert record["steps"] == RECIPE["max_steps"]
     import pandas as pd
 

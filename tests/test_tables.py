@@ -1,19 +1,27 @@
-"""Tables from run records: mean and Student-t 95% CI over seeds; no model code involved."""
+"""Tables from run records: mean and Student-t 95% CI over seeds, one row per (task, variant, grid
+point); markdown, CSV and LaTeX; no model code involved."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 
+import pandas as pd
+import pytest
+
 from ablate.analysis.records import load_runs
-from ablate.analysis.tables import ci95, summarize, to_markdown, write_tables
+from ablate.analysis.tables import ci95, summarize, to_latex, to_markdown, write_tables
+from tests.helpers import write_sweep
 
 
-def fake_run(root, variant, seed, acc, status="finished"):
-    d = root / "runs" / f"{variant}-mqar-s{seed}"
+def fake_run(root, variant, seed, acc, status="finished", grid=None):
+    knobs = "".join(f"-{k}={v}" for k, v in (grid or {}).items())
+    d = root / "runs" / f"{variant}-mqar-s{seed}{knobs}"
     d.mkdir(parents=True)
     rec = {"name": d.name, "variant": variant, "task": "mqar", "seed": seed, "status": status,
+           **({"config": {"grid": grid}} if grid is not None else {}),
            "params": {"total": 1000, "non_embedding": 800, "attn_ssm_ratio": "1:0"},
            "cache_bytes": {"fp16": {"total": 2_000_000}}, "cache_seq_len": 64, "tokens_per_s": 10.0,
            "metrics": {"val/acc": acc, "val/L64_kv4/acc": acc},
@@ -37,8 +45,6 @@ def test_mean_and_ci_over_seeds(tmp_path):
 
 
 def test_ci_needs_two_values():
-    import pandas as pd
-
     assert math.isnan(ci95(pd.Series([0.5])))
 
 
@@ -48,4 +54,46 @@ def test_write_tables_and_no_model_import(tmp_path):
         del sys.modules[name]
     paths = write_tables(tmp_path)
     assert "ablate.model" not in sys.modules
-    assert set(paths) == {"markdown", "csv", "runs_csv", "plot"}
+    assert set(paths) == {"markdown", "csv", "latex", "runs_csv", "plot"}
+
+
+def test_grid_knobs_key_the_rows_in_numeric_order(tmp_path):
+    # run directories sort =16 before =2; the table orders the knob's values as numbers
+    for n_heads, accs in [(16, [0.9, 1.0]), (2, [0.1, 0.3])]:
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path, "llama", seed, acc, grid={"attention.n_heads": n_heads})
+    fake_run(tmp_path, "llama", 0, 0.5)  # a run outside the grid keeps a row of its own
+    summary = summarize(load_runs(tmp_path))
+    assert list(summary.columns[:4]) == ["task", "variant", "attention.n_heads", "seeds"]
+    assert summary["seeds"].tolist() == [2, 2, 1]
+    assert summary["attention.n_heads"].tolist()[:2] == [2, 16] and pd.isna(summary["attention.n_heads"][2])
+    assert summary["val/acc"].tolist() == pytest.approx([0.2, 0.95, 0.5])
+    md = to_markdown(summary)
+    assert "| attention.n_heads" in md.splitlines()[0]
+    assert "attention.n\\_heads" in to_latex(summary)
+
+
+def test_a_grid_sweep_has_one_row_per_grid_point(tmp_path):
+    """A real tiny sweep over two attention head counts, two seeds each: the table has one row per
+    grid point with the knob as a column, its seeds counted within the point."""
+    from ablate.sweep.grid import load_sweep
+    from ablate.train.identity import identity
+    from ablate.train.run import train
+
+    path = write_sweep(tmp_path, variants=["llama"], seeds=[0, 1], grid={"attention.n_heads": [2, 4]})
+    sweep = load_sweep(path)
+    _, cfg = sweep.runs["llama|mqar|s0|attention.n_heads=4"]
+    # the grid assignment is recorded for the tables, but is not part of what the run is
+    assert identity(cfg)[1] == identity(dataclasses.replace(cfg, grid={}))[1]
+    # each point trained and the tables written as a sweep's worker and launcher do, in this process
+    # (a launched sweep adds worker start-up and the study: 20 s instead of 5; test_sweep covers them)
+    for point, point_cfg in sweep.runs.values():
+        train(point_cfg, sweep.run_dir(point), replace=True)
+    write_tables(sweep.results, order=sweep.labels)
+    table = pd.read_csv(sweep.results / "table.csv")
+    assert list(table.columns[:4]) == ["task", "variant", "attention.n_heads", "seeds"]
+    assert table["attention.n_heads"].tolist() == [2, 4] and table["seeds"].tolist() == [2, 2]
+    header = (sweep.results / "table.md").read_text().splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["task", "variant", "attention.n_heads", "seeds"]
+    latex = (sweep.results / "table.tex").read_text()
+    assert "attention.n\\_heads" in latex and "\\begin{tabular}" in latex and "$\\pm$" in latex

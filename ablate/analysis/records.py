@@ -25,9 +25,21 @@ def evaluation_limit(rec: dict) -> int | None:
     return max(limits) if limits else None
 
 
+GRID_PREFIX = "grid/"  # runs' grid-knob columns: grid/attention.n_heads (never a record field's name)
+
+
+def grid_assignment(rec: dict) -> dict:
+    """The run's sweep grid knobs and their values (``config.grid``, set by the sweep; empty for a
+    run outside a grid and for records from before ablate wrote it). A list or mapping value is its
+    JSON text, so that tables can group runs by it."""
+    knobs = rec.get("config", {}).get("grid") or {}
+    return {key: json.dumps(value) if isinstance(value, (list, dict)) else value for key, value in knobs.items()}
+
+
 def load_runs(results: str | Path) -> pd.DataFrame:
     """Every RESULTS/runs/*/run.json (or RESULTS/*/run.json) as one row with dotted columns.
-    ``metric_specs`` holds the run's summary metrics (JSON), ``headline`` its headline metric."""
+    ``metric_specs`` holds the run's summary metrics (JSON), ``headline`` its headline metric,
+    ``grid/KEY`` the value of the run's sweep grid knob KEY (only for runs of a grid)."""
     results = Path(results)
     paths = sorted(results.glob("runs/*/run.json")) or sorted(results.glob("*/run.json"))
     rows = []
@@ -42,6 +54,7 @@ def load_runs(results: str | Path) -> pd.DataFrame:
             "tokens_per_s": rec.get("tokens_per_s"), "precision": rec.get("precision"),
             "device": rec.get("device"), "dir": str(path.parent), "eval_limit": evaluation_limit(rec),
         }
+        row.update({GRID_PREFIX + key: value for key, value in grid_assignment(rec).items()})
         specs = summary_metrics(rec)
         row["metric_specs"] = json.dumps(specs)
         row["headline"] = specs[0]["name"] if specs and specs[0]["direction"] else None

@@ -1,14 +1,16 @@
-"""Results tables: one row per variant (and task), each metric as mean and 95% CI over seeds."""
+"""Results tables: one row per variant (and task, and sweep grid point), each metric as mean and
+95% CI over seeds; as markdown, CSV and LaTeX."""
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 import pandas as pd
 
-from ablate.analysis.records import load_runs
+from ablate.analysis.records import GRID_PREFIX, load_runs
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30; beyond that the normal 1.96.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -44,12 +46,49 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in summary_metric_names(df) if c in df] + per_part + ["tokens_per_s"]
 
 
+def grid_knob_names(df: pd.DataFrame) -> list[str]:
+    """The sweep grid knobs the runs vary (``attention.n_heads``), in first-seen order: each is a
+    column of the table and part of its row key."""
+    return [c.removeprefix(GRID_PREFIX) for c in df if c.startswith(GRID_PREFIX)]
+
+
+def knob_sort_key(value) -> tuple:
+    """Numbers in numeric order (2 before 16, which the run directories' names do not give), then
+    anything else by its text, then runs without the knob."""
+    if pd.isna(value):
+        return (2, 0, "")
+    if isinstance(value, numbers.Number):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def row_order(rows: list[dict], knobs: list[str], order: list[str] | None) -> list[dict]:
+    """Rows by task and variant (the given variant order, else first seen), then by grid knobs."""
+    if order:
+        rank = {v: i for i, v in enumerate(order)}
+
+        def group(row):  # tasks alphabetically, variants as ordered, unlisted ones last
+            return (row["task"], rank.get(row["variant"], len(rank)))
+    else:
+        first_seen = {key: i for i, key in enumerate(dict.fromkeys((r["task"], r["variant"]) for r in rows))}
+
+        def group(row):
+            return (first_seen[(row["task"], row["variant"])],)
+    return sorted(rows, key=lambda row: (group(row), *(knob_sort_key(row[k]) for k in knobs)))
+
+
 def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
-    """Finished runs grouped by (task, variant): n seeds, parameters, cache, and mean/ci of metrics."""
+    """Finished runs grouped by (task, variant, every grid knob): n seeds, parameters, cache, and
+    mean/ci of metrics. Grid knob columns follow ``variant``; ``attrs["knobs"]`` names them."""
     done = df[df["status"] == "finished"]
+    knobs = grid_knob_names(done)
+    keys = ["task", "variant", *(GRID_PREFIX + k for k in knobs)]
     rows = []
-    for (task, variant), g in done.groupby(["task", "variant"], sort=False):
-        row = {"task": task, "variant": variant, "seeds": len(g), "params_M": g["params"].iloc[0] / 1e6,
+    # dropna=False: a run without one of the knobs (e.g. from an older sweep file) keeps its own row
+    for values, g in done.groupby(keys, sort=False, dropna=False):
+        task, variant, *knob_values = values
+        row = {"task": task, "variant": variant, **dict(zip(knobs, knob_values, strict=True)),
+               "seeds": len(g), "params_M": g["params"].iloc[0] / 1e6,
                "non_emb_M": g["params_non_embedding"].iloc[0] / 1e6, "attn:ssm": g["attn_ssm_ratio"].iloc[0],
                "cache_MB": g["cache_mb"].iloc[0], "headline": g["headline"].iloc[0],
                "eval_limit": g["eval_limit"].max() if "eval_limit" in g else None}
@@ -57,11 +96,8 @@ def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
             row[col] = g[col].mean()
             row[col + " ci95"] = ci95(g[col])
         rows.append(row)
-    out = pd.DataFrame(rows)
-    if order and not out.empty:
-        rank = {v: i for i, v in enumerate(order)}
-        out = out.sort_values(["task", "variant"], key=lambda s: s.map(rank) if s.name == "variant" else s)
-    out = out.reset_index(drop=True)
+    out = pd.DataFrame(row_order(rows, knobs, order))
+    out.attrs["knobs"] = knobs
     per_part = [c for c in metric_columns(done) if c.startswith("val/") and c.count("/") == 2]
     out.attrs["shown"] = [c for c in table_metric_names(done) if c in done] + per_part + ["tokens_per_s"]
     return out
@@ -81,13 +117,21 @@ def _cell(mean: float, ci: float, digits: int) -> str:
     return f"{mean:,.{digits}f}" if pd.isna(ci) else f"{mean:,.{digits}f} ± {ci:,.{digits}f}"
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    if summary.empty:
-        return "(no finished runs)\n"
-    metrics = summary.attrs.get("shown") or (
+def _knob_text(value) -> str:
+    return "-" if pd.isna(value) else str(value)
+
+
+def shown_metrics(summary: pd.DataFrame) -> list[str]:
+    return summary.attrs.get("shown") or (
         [c for c in summary if c.startswith(("val/", "eval/")) and not c.endswith("ci95")] + ["tokens_per_s"])
+
+
+def shown_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The printed table, every cell as text: what markdown and LaTeX both show."""
+    metrics = shown_metrics(summary)
+    knobs = {k: summary[k].map(_knob_text) for k in summary.attrs.get("knobs", [])}
     shown = pd.DataFrame({
-        "task": summary["task"], "variant": summary["variant"], "seeds": summary["seeds"],
+        "task": summary["task"], "variant": summary["variant"], **knobs, "seeds": summary["seeds"],
         "params (M)": summary["params_M"].map("{:.3f}".format),
         "non-emb (M)": summary["non_emb_M"].map("{:.3f}".format), "attn:ssm": summary["attn:ssm"],
         "cache MB": summary["cache_MB"].map("{:.3f}".format),
@@ -96,6 +140,11 @@ def to_markdown(summary: pd.DataFrame) -> str:
         digits = 0 if col == "tokens_per_s" else 3
         shown[column_title(col)] = [_cell(m, c, digits) for m, c in zip(summary[col], summary[col + " ci95"],
                                                                          strict=True)]
+    return shown
+
+
+def table_note(summary: pd.DataFrame) -> str:
+    metrics = shown_metrics(summary)
     note = "mean ± 95% CI over seeds (Student t); cache: fp16 decoding state at the longest training sequence"
     if any(c.startswith("eval/lm_eval/") for c in metrics):
         note += ("; lm-eval columns: the headline metric per task (acc_norm where lm-eval reports it, else acc; "
@@ -104,16 +153,37 @@ def to_markdown(summary: pd.DataFrame) -> str:
     limits = summary["eval_limit"].dropna() if "eval_limit" in summary else []
     if len(limits):
         note += f"; evaluations limited to {int(max(limits))} items per task: a quick look, not the full sets"
-    return shown.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
+    return note
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "(no finished runs)\n"
+    return shown_table(summary).to_markdown(index=False, disable_numparse=True) + f"\n\n{table_note(summary)}\n"
+
+
+def to_latex(summary: pd.DataFrame) -> str:
+    """The markdown table's columns as a booktabs tabular for a paper; the note as a comment above
+    it (the caption is the paper's). Special characters are escaped (test\\_1, 95\\%)."""
+    if summary.empty:
+        return "% (no finished runs)\n"
+    shown = shown_table(summary)
+    text_columns = 2  # task and variant left-aligned, the knobs and numbers right-aligned
+    tabular = shown.to_latex(index=False, escape=True, column_format="l" * text_columns
+                             + "r" * (shown.shape[1] - text_columns))
+    # pandas leaves "±" as it is; math mode typesets it with any LaTeX input encoding
+    return f"% {table_note(summary)}\n% needs \\usepackage{{booktabs}}\n" + tabular.replace("±", r"$\pm$")
 
 
 def write_tables(results: str | Path, order: list[str] | None = None) -> dict[str, str]:
     results = Path(results)
     runs = load_runs(results)
     summary = summarize(runs, order) if not runs.empty else pd.DataFrame()
-    paths = {"markdown": results / "table.md", "csv": results / "table.csv", "runs_csv": results / "runs.csv"}
+    paths = {"markdown": results / "table.md", "csv": results / "table.csv", "latex": results / "table.tex",
+             "runs_csv": results / "runs.csv"}
     results.mkdir(parents=True, exist_ok=True)
     paths["markdown"].write_text(to_markdown(summary))
+    paths["latex"].write_text(to_latex(summary))
     summary.to_csv(paths["csv"], index=False)
     runs.to_csv(paths["runs_csv"], index=False)
     if not summary.empty and summary["headline"].notna().any():

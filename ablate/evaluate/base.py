@@ -39,6 +39,17 @@ class Evaluation(ABC):
         task has one). Returns one value per name in ``metrics_for(cfg)``."""
 
     @classmethod
+    def check(cls, cfg) -> None:
+        """Called before training: raise a ConfigError for what would make ``run`` fail after it
+        (a missing package or data directory), so no training is spent on a run that cannot end."""
+        return None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        """Versions of the packages the evaluation scores with, recorded in the run's ``versions``."""
+        return {}
+
+    @classmethod
     def recorded(cls, cfg) -> list[Metric]:
         """The metrics as the run records them (prefixed eval/NAME/)."""
         return [dataclasses.replace(m, name=f"eval/{cls.name}/{m.name}") for m in cls.metrics_for(cfg)]

@@ -16,9 +16,11 @@ tables read them without lm-eval. Task names, groups and the local data are in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -89,6 +91,16 @@ def _offline_lm_eval():
     return lm_eval, TaskManager
 
 
+def check_data_dir(data: str | None) -> Path:
+    """The benchmark data directory, or a ConfigError before any model work (a missing file inside
+    it is named by the task's loader)."""
+    root = data_dir(data)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no benchmark data directory (give --data-dir / evaluate.lm_eval.data_dir "
+                          "or set ABLATE_DATA_DIR)")
+    return root
+
+
 def run_harness(lm, tasks, out_dir: Path, limit: int | None = None, data: str | None = None) -> dict:
     """Evaluate ``lm`` (an lm-eval model) on ablate's local tasks; writes lm-eval's results JSON
     and samples to ``out_dir``; -> {"metrics": {TASK/METRIC: value}, "stderr": {...}, "info": {...}}."""
@@ -96,16 +108,16 @@ def run_harness(lm, tasks, out_dir: Path, limit: int | None = None, data: str | 
     from lm_eval.utils import handle_non_serializable
 
     names = task_names(tasks)
-    root = data_dir(data)
-    if not root.is_dir():  # before any model work; a missing file inside is named by the task's loader
-        raise ConfigError(f"{root}: no benchmark data directory (give --data-dir / evaluate.lm_eval.data_dir "
-                          "or set ABLATE_DATA_DIR)")
+    root = check_data_dir(data)
     manager = TaskManager(include_path=str(INCLUDE_PATH), metadata={"data_dir": str(root)})
     started = time.time()
-    results = lm_eval.simple_evaluate(model=lm, tasks=[TASKS[t] for t in names], task_manager=manager,
-                                      limit=limit, log_samples=True, bootstrap_iters=1000)
+    with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints its bootstrap progress; stdout is our table
+        results = lm_eval.simple_evaluate(model=lm, tasks=[TASKS[t] for t in names], task_manager=manager,
+                                          limit=limit, log_samples=True, bootstrap_iters=1000)
     seconds = time.time() - started
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("samples_*.jsonl"):  # the directory holds one evaluation: this one
+        old.unlink()
     samples = results.pop("samples")
     for task, items in samples.items():
         with open(out_dir / f"samples_{task}.jsonl", "w") as f:
@@ -118,7 +130,7 @@ def run_harness(lm, tasks, out_dir: Path, limit: int | None = None, data: str | 
         for metric in METRICS[task]:
             metrics[f"{task}/{metric}"] = float(reported[f"{metric},none"])
             err = reported.get(f"{metric}_stderr,none")
-            stderr[f"{task}/{metric}"] = float(err) if isinstance(err, (int, float)) else float("nan")
+            stderr[f"{task}/{metric}"] = float(err) if isinstance(err, (int, float)) and err == err else None
     for avg, members in AVERAGED.items():
         if set(members) <= set(names):
             metrics[f"{avg}_avg"] = sum(metrics[f"{t}/{HEADLINE[t]}"] for t in members) / len(members)
@@ -139,6 +151,19 @@ class Harness(Evaluation):
     @classmethod
     def metrics_for(cls, cfg: HarnessConfig) -> list[Metric]:
         return metric_specs(cfg.tasks)
+
+    @classmethod
+    def check(cls, cfg: HarnessConfig) -> None:
+        """Before training: lm-eval is installed and the data directory is there."""
+        _offline_lm_eval()
+        check_data_dir(cfg.data_dir)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        try:
+            return {"lm_eval": metadata.version("lm-eval")}
+        except metadata.PackageNotFoundError:  # the run fails at evaluation with the install hint
+            return {}
 
     @classmethod
     def run(cls, cfg: HarnessConfig, model, data, run_dir: Path) -> dict[str, float]:
@@ -167,15 +192,17 @@ def evaluate_run(run_dir: str | Path, tasks, limit: int | None = None, batch_siz
     if record is None or record.get("status") != "finished":
         status = "no run.json" if record is None else f"status '{record.get('status')}'"
         raise ConfigError(f"{run_dir}: not a finished run ({status}); train it first (ablate train / sweep)")
-    task_names(tasks)
+    cfg = HarnessConfig(tasks=tuple(tasks), limit=limit, batch_size=batch_size, data_dir=data)  # checks values
+    check_data_dir(data)
     lm = AblateLM(run_dir=str(run_dir), batch_size=batch_size, device=device)
     result = run_harness(lm, tasks, run_dir / "eval", limit, data)
     record = read_record(run_dir)  # re-read: keep whatever changed while evaluating
-    record["metrics"] = {**record.get("metrics", {}),
+    # this evaluation replaces an earlier one: the record never mixes two (other tasks, another limit)
+    mine = lambda name: name.startswith("eval/lm_eval/")  # noqa: E731
+    record["metrics"] = {**{k: v for k, v in record.get("metrics", {}).items() if not mine(k)},
                          **{f"eval/lm_eval/{k}": v for k, v in result["metrics"].items()}}
-    specs = {m["name"]: m for m in record.get("metric_specs", [])}
-    specs |= {m.name: m.as_dict() for m in Harness.recorded(HarnessConfig(tasks=tuple(tasks), limit=limit))}
-    record["metric_specs"] = list(specs.values())
+    record["metric_specs"] = [m for m in record.get("metric_specs", []) if not mine(m["name"])] + [
+        m.as_dict() for m in Harness.recorded(cfg)]
     record.setdefault("evaluations", {})["lm_eval"] = {**result["info"], "device": str(lm.device)}
     write_record(run_dir, record)
     return result

@@ -226,7 +226,8 @@ def load_sweep(path: str | Path) -> Sweep:
                 try:
                     run = RunConfig(variant=point.variant, model=model, task=task, recipe=recipe,
                                     data=sections.get(task), evaluate=cfg.evaluate,
-                                    wandb=_wandb_for(cfg, point), tensorboard=cfg.tensorboard)
+                                    wandb=_wandb_for(cfg, point), tensorboard=cfg.tensorboard,
+                                    grid=dict(knobs))
                 except ConfigError as err:
                     raise ConfigError(f"{path}: {err}") from None
                 runs[point.id] = (point, run)

@@ -40,6 +40,10 @@ class RunConfig:
     wandb: WandbConfig | None = knob(None, "also log to Weights & Biases (null: off)", identity=False)
     tensorboard: bool = knob(False, "also log to TensorBoard (RUN_DIR/tensorboard; needs tensorboard)",
                              identity=False)
+    # a sweep point's grid assignment (model key -> value), recorded so that result tables can key
+    # rows by the knobs without the sweep file; the values are in `model` already, so not identity
+    grid: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the sweep grid's knobs of this run: model key -> value (set by the sweep)", "identity": False})
 
     def __post_init__(self):  # resolve the task's and the evaluations' sections through the registries
         task = TASKS.get(self.task)

@@ -187,6 +187,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     if previous and previous.get("status") == "finished":
         return previous
     check_writable(run_dir)
+    for name, section in cfg.evaluate.items():  # an evaluation that cannot run fails now, not after training
+        EVALUATIONS.get(name).check(section)
     quiet_lightning()
     steps_per_epoch = cfg.recipe.eval_every
     data, vocab, seq_len = build_data(cfg, steps_per_epoch)
@@ -217,7 +219,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         "metric_specs": metric_specs(cfg),
         "backends": backends.as_dict(),
         "versions": {"ablate": ablate.__version__, "torch": torch.__version__, "lightning": L.__version__,
-                     "python": platform.python_version()},
+                     "python": platform.python_version(),
+                     **{k: v for name in cfg.evaluate for k, v in EVALUATIONS.get(name).versions().items()}},
         "git": git_revision(), "host": platform.node(),
         "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a sweep worker's pinned GPU

@@ -116,14 +116,14 @@ def data_file(relative: str, explicit: str | os.PathLike | None = None) -> Path:
     path = data_dir(explicit) / relative
     if not path.is_file():
         source = (
-            "the data_dir metadata" if explicit
+            "data_dir (ablate eval --data-dir, evaluate.lm_eval.data_dir or lm-eval --metadata)" if explicit
             else f"${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV)
             else "the default <checkout>/../shared/data"
         )
         raise ConfigError(
             f"{path}: lm-eval task data file not found (data directory from {source}). Point at the "
-            f"directory holding {relative!r} with the environment variable {DATA_DIR_ENV}=/path/to/data "
-            f"or lm-eval's --metadata '{{\"data_dir\": \"/path/to/data\"}}'."
+            f"directory holding {relative!r} with that data_dir or, when none is given, the environment "
+            f"variable {DATA_DIR_ENV}=/path/to/data."
         )
     return path
 
