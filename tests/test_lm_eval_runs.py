@@ -126,6 +126,7 @@ def test_evaluation_inside_a_sweep_is_redone_after_a_failure_without_retraining(
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["attempts"] == 2  # attempt 1 was the one that trained
     assert record["versions"]["lm_eval"] == "0.4.13"
+    assert record["tokens_per_s"] == failed["tokens_per_s"] > 0  # measured by the attempt that trained
     assert record["steps"] == RECIPE["max_steps"]
     import pandas as pd
 

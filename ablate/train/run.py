@@ -228,11 +228,13 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     write_record(run_dir, record)
     write_self_contained(run_dir, cfg, model_cfg, data)
     loggers = []
+    # an attempt that trains no step (it resumed at the end, e.g. to redo a failed evaluation)
+    # measures no speed: the attempt that trained keeps its figure
+    throughput = Throughput()
     try:
         L.seed_everything(cfg.recipe.seed, workers=True, verbose=False)
         loggers = _loggers(cfg, run_dir, attempt)
         module = LitLM(model_cfg, cfg.recipe, max_steps, data.val_names, backends)
-        throughput = Throughput()
         ckpt_dir = run_dir / "checkpoints"
         trainer = make_trainer(
             max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
@@ -264,12 +266,14 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         metrics.update(evaluations)
     except BaseException as err:
         record.update(status="failed", reason=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc(limit=8))
+                      traceback=traceback.format_exc(limit=8),
+                      tokens_per_s=throughput.tokens_per_s or (previous or {}).get("tokens_per_s"))
         write_record(run_dir, record)
         raise
     finally:
         finish_tracking(loggers, failed=record["status"] == "failed")
-    record.update(status="finished", metrics=metrics, tokens_per_s=throughput.tokens_per_s,
+    record.update(status="finished", metrics=metrics,
+                  tokens_per_s=throughput.tokens_per_s or (previous or {}).get("tokens_per_s"),
                   world_size=trainer.world_size, global_batch=cfg.recipe.batch_size,
                   train_seconds=time.time() - started, steps=trainer.global_step)
     write_record(run_dir, record)
