@@ -7,7 +7,7 @@ record (run.json) that tables and plots read.
   ablate keys [SECTION]                every config key with its type, default and help
   ablate train VARIANT [--task T]      one run (resumes; a finished run is not redone)
   ablate sweep sweeps/NAME.yaml        a study: a grid of runs through an Optuna study, then its table
-  ablate table RESULTS_DIR             a results table (markdown, CSV) and the headline-vs-cache plot
+  ablate table RESULTS_DIR             a results table (markdown, CSV, LaTeX) and the headline-vs-cache plot
   ablate export RUN_DIR OUT            a run as safetensors + config (+ tokenizer), for ablate.load_run
   ablate eval RUN_DIR --tasks ...      recall / commonsense / perplexity through lm-evaluation-harness
   ablate lm-eval ARGS...               lm-eval's own CLI, with the model `ablate` and the local tasks
