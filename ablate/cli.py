@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "host; none: no pinning)")
     p.set_defaults(func=_sweep)
 
-    p = sub.add_parser("table", help="results table (markdown, CSV) and headline-vs-cache plot")
+    p = sub.add_parser("table", help="results table (markdown, CSV, LaTeX) and headline-vs-cache plot")
     p.add_argument("results", help="a sweep's results directory (holding runs/*/run.json)")
     p.set_defaults(func=_table)
 
