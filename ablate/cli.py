@@ -138,7 +138,10 @@ def _train(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ablate.sweep.launch import launch
+    from ablate.sweep.launch import dry_run, launch
+
+    if args.dry_run:
+        return dry_run(args.file)
 
     gpus = None if args.gpus is None else [] if args.gpus == ["none"] else args.gpus
     return launch(args.file, workers=args.workers, storage_url=args.storage, gpus=gpus)
@@ -245,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep file's grid through an Optuna study")
     p.add_argument("file", help="a sweep file (sweeps/NAME.yaml) or a shipped sweep's name (default, roadmap, ...)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every run's parameters, matched knob and layer plan; train nothing")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite next to the results)")
     p.add_argument("--gpus", type=comma_list(), metavar="IDS",
                    help="GPUs the local workers are pinned to, round robin (default: every GPU of this "

@@ -25,3 +25,12 @@ def test_unknown_variant_is_a_clear_error(capsys):
 def test_keys_lists_help(capsys):
     assert main(["keys"]) == 0
     assert "hybrid.fusion" in capsys.readouterr().out
+
+
+def test_sweep_dry_run_prints_every_plan_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default sweep's results would go to results/default here
+    assert main(["sweep", "default", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("non-embedding,") == 8 and "mlp.hidden = " in out
+    assert "window=16 kv:consumer(group 0)" in out  # the +kv-share row's plan
+    assert not (tmp_path / "results").exists()

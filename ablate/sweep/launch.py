@@ -79,6 +79,29 @@ def gpu_assignment(workers: int, gpus: list[str] | None = None, per_run: int = 1
     return [blocks[i % len(blocks)] if blocks else None for i in range(workers)]
 
 
+def dry_run(sweep_path: str) -> int:
+    """Every run of a sweep file as it would train: variant, task, seed, parameters, attn:ssm, the
+    matched knob's value and the resolved layer plan; nothing is trained or written."""
+    import functools
+
+    from ablate.plan import expand
+    from ablate.sizing import count_params
+
+    sweep = load_sweep(sweep_path)
+    knob = sweep.cfg.match.knob if sweep.cfg.match is not None else None
+    target = f", matched to {sweep.cfg.match.target:,} non-embedding via {knob}" if knob else ""
+    print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs{target} (vocab as in the variant; a task with "
+          "a tokenizer sets its own at training)")
+    for point_id, (_, cfg) in sweep.runs.items():
+        counts = count_params(cfg.model)
+        matched = f", {knob} = {functools.reduce(getattr, knob.split('.'), cfg.model)}" if knob else ""
+        print(f"\n{point_id}: {counts.total / 1e6:,.3f}M parameters, {counts.non_embedding:,} non-embedding, "
+              f"attn:ssm {counts.attn_ssm_ratio}{matched}, n_meta {cfg.model.n_meta}")
+        for spec in expand(cfg.model):
+            print("  " + spec.describe().rstrip())
+    return 0
+
+
 def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
            gpus: list[str] | None = None) -> int:
     sweep = load_sweep(sweep_path)
