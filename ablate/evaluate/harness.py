@@ -154,8 +154,12 @@ class Harness(Evaluation):
 
     @classmethod
     def check(cls, cfg: HarnessConfig) -> None:
-        """Before training: lm-eval is installed and the data directory is there."""
-        _offline_lm_eval()
+        """Before training: lm-eval is installed and the data directory is there. (Not imported
+        here: that sets the Hugging Face libraries offline, and the training data may be hf:...)"""
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ConfigError("evaluation lm_eval needs lm-eval: pip install 'ablate[eval]'")
         check_data_dir(cfg.data_dir)
 
     @classmethod
