@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a finished text run with lm-evaluation-harness on the local "
                        "benchmark files (offline); adds the metrics to its run record")
     p.add_argument("run_dir", help="a finished run directory (trained on the text task)")
-    p.add_argument("--tasks", type=comma_list([*GROUPS, *LM_TASKS]), default=["commonsense", "recall"],
-                   help=f"groups ({', '.join(GROUPS)}) or tasks ({', '.join(LM_TASKS)}); default commonsense,recall")
+    p.add_argument("--tasks", type=comma_list(), default=["commonsense", "recall"],  # checked by the evaluation
+                   help=f"groups ({', '.join(GROUPS)}) or tasks ({', '.join(LM_TASKS)}), also as lm-eval names "
+                   "them (ablate_piqa); default commonsense,recall")
     p.add_argument("--limit", type=positive_int, help="at most N items per task (a quick look; recorded with the "
                    "result)")
     p.add_argument("--batch-size", type=positive_int, default=16,

@@ -36,9 +36,11 @@ LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per
 
 
 def task_names(requested) -> list[str]:
-    """Group names (commonsense, recall, lm, all) and short task names -> short task names, in order."""
+    """Group names (commonsense, recall, lm, all) and task names, short or as lm-eval names them
+    (piqa or ablate_piqa) -> short task names, in order."""
     names = []
     for item in requested:
+        item = item.removeprefix("ablate_")  # lm-eval's names of the same tasks and groups
         for name in GROUPS.get(item, (item,)):
             if name not in TASKS:
                 raise ConfigError(f"lm_eval task '{name}'; allowed: groups {', '.join(GROUPS)} or tasks "
