@@ -166,11 +166,12 @@ class RandomLM(LM):
     def loglikelihood(self, requests):
         return [(-10.0 * self.rng.random(), False) for _ in requests]
 
+    # the random model is only run on multiple-choice tasks: a request of another kind is a test bug
     def loglikelihood_rolling(self, requests):
-        raise NotImplementedError
+        raise AssertionError("RandomLM scores multiple-choice tasks only")
 
     def generate_until(self, requests):
-        raise NotImplementedError
+        raise AssertionError("RandomLM scores multiple-choice tasks only")
 
 
 def evaluate(model, manager, names, limit):
@@ -272,12 +273,17 @@ def test_the_prompt_fields_are_lm_evals(short):
     ("swde", "lm_eval.tasks.swde.task", "SWDE"),
 ])
 def test_the_recall_tasks_are_lm_evals_classes_with_only_the_data_replaced(tasks, short, module, class_name):
+    from ablate.evaluate.lm_tasks.local import LocalRecallData
+
     cls = type(tasks[short])
-    parent = cls.__mro__[1]
+    assert cls.__mro__[1].__name__ == LocalRecallData.__name__
+    parent = cls.__mro__[2]
     assert (parent.__module__, parent.__qualname__) == (module, class_name)
-    # what the class defines itself: data loading only (__init__ keeps the metadata for download)
-    defined = {name for name in cls.__dict__ if not name.startswith("_")} | ({"__init__"} & set(cls.__dict__))
-    assert defined == {"__init__", "download", "DATASET_PATH", "DATASET_NAME"}
+    # what ablate defines on top of lm-eval's class: data loading only (__init__ keeps the metadata for download)
+    defined = set()
+    for own in cls.__mro__[:2]:
+        defined |= {name for name in own.__dict__ if not name.startswith("_")} | ({"__init__"} & set(own.__dict__))
+    assert defined == {"__init__", "download", "load", "DATASET_PATH", "DATASET_NAME"}
 
 
 # ----------------------------------------------------------------------------- 3. oracle and chance

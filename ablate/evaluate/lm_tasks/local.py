@@ -498,40 +498,37 @@ def _loader_options(config: dict | None) -> dict:
     return dict((config or {}).get("metadata") or {})
 
 
-class LocalSQuADCompletion(SQUADCompletion):
-    """lm-eval's SQUADCompletion (prompt = the doc's ``text``, ``contains`` scoring) on local SQuAD 2.0 items.
+class LocalRecallData:
+    """What the local recall tasks change in lm-eval's classes: data loading, nothing else.
 
     lm-eval builds a ``class:`` task as ``cls(config=<yaml dict>)`` only when ``__init__`` takes ``config``
-    (``_ctor_accepts_config``, lm_eval/tasks/_factory.py); SQUADCompletion's takes none, so this one
-    does, to keep the metadata (``data_dir``) for ``download``, and then runs SQUADCompletion's own."""
+    (``_ctor_accepts_config``, lm_eval/tasks/_factory.py); SQUADCompletion's and SWDE's take none, so this
+    one does, keeps the metadata (``data_dir``, ``swde_chars``) for ``download``, and runs theirs. Their
+    generation settings become Based's (until "\\n", 48 tokens): SQUADCompletion's construct_requests falls
+    back to those only when generation_kwargs lacks them, but TaskConfig.__post_init__
+    (lm_eval/config/task.py) always fills them with lm-eval's defaults (until "\\n\\n", 256 tokens); SWDE
+    hard-codes them in its requests, and the recorded config then says what runs."""
 
     DATASET_PATH = None  # never the Hub
     DATASET_NAME = None
+    load = None  # the local loader: metadata -> {split: Dataset}
 
     def __init__(self, config: dict | None = None, **kwargs: Any) -> None:
         self._loader_options = _loader_options(config)
         super().__init__(**kwargs)
-        # SQUADCompletion's construct_requests falls back to until "\n" / 48 tokens only when generation_kwargs
-        # lacks them, but TaskConfig.__post_init__ (lm_eval/config/task.py) always fills them with lm-eval's
-        # defaults (until "\n\n", 256 tokens), so the fallbacks never apply; Based's values are set here.
         self.config.generation_kwargs = {**(self.config.generation_kwargs or {}), **RECALL_GENERATION}
 
     def download(self, *args: Any, **kwargs: Any) -> None:
-        self.dataset = load_squad_completion(**self._loader_options)
+        self.dataset = type(self).load(**self._loader_options)
 
 
-class LocalSWDE(SWDE):
-    """lm-eval's SWDE (prompt = the doc's ``text``, ``contains`` scoring, until "\\n" / 48 tokens hard-coded
-    in its construct_requests) on the local SWDE book pages; see LocalSQuADCompletion for ``__init__``."""
+class LocalSQuADCompletion(LocalRecallData, SQUADCompletion):
+    """lm-eval's SQUADCompletion (prompt = the doc's ``text``, ``contains`` scoring) on local SQuAD 2.0 items."""
 
-    DATASET_PATH = None
-    DATASET_NAME = None
+    load = staticmethod(load_squad_completion)
 
-    def __init__(self, config: dict | None = None, **kwargs: Any) -> None:
-        self._loader_options = _loader_options(config)
-        super().__init__(**kwargs)
-        # SWDE's requests do not read generation_kwargs; set them anyway so the recorded config says what runs
-        self.config.generation_kwargs = {**(self.config.generation_kwargs or {}), **RECALL_GENERATION}
 
-    def download(self, *args: Any, **kwargs: Any) -> None:
-        self.dataset = load_swde(**self._loader_options)
+class LocalSWDE(LocalRecallData, SWDE):
+    """lm-eval's SWDE (prompt = the doc's ``text``, ``contains`` scoring) on the local SWDE book pages."""
+
+    load = staticmethod(load_swde)
