@@ -193,7 +193,7 @@ def _lm_eval(args) -> int:
     local tasks' include path is added unless given."""
     import ablate.evaluate.harness as harness
 
-    harness._offline_lm_eval()
+    harness.offline_lm_eval()
     from lm_eval.__main__ import cli_evaluate
 
     import ablate.evaluate.lm_eval_model  # noqa: F401  (registers the model "ablate")

@@ -54,11 +54,11 @@ def build(variant: str, size: str, device: str, cache: Path):
 
 
 def time_tasks(model, tokenizer, seq_len: int, limit: int, batch_size: int) -> list[dict]:
-    from ablate.evaluate.harness import _offline_lm_eval
+    from ablate.evaluate.harness import offline_lm_eval
     from ablate.evaluate.lm_tasks import INCLUDE_PATH, data_dir
     from ablate.evaluate.lm_tasks import TASKS as NAMES
 
-    lm_eval, TaskManager = _offline_lm_eval()
+    lm_eval, TaskManager = offline_lm_eval()
     from ablate.evaluate.lm_eval_model import AblateLM
 
     manager = TaskManager(include_path=str(INCLUDE_PATH), metadata={"data_dir": str(data_dir())})

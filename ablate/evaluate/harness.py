@@ -80,7 +80,7 @@ def metric_specs(tasks) -> list[Metric]:
     return specs
 
 
-def _offline_lm_eval():
+def offline_lm_eval():
     """lm-eval, imported with the Hugging Face libraries told to stay offline (read at their import)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,7 +106,7 @@ def check_data_dir(data: str | None) -> Path:
 def run_harness(lm, tasks, out_dir: Path, limit: int | None = None, data: str | None = None) -> dict:
     """Evaluate ``lm`` (an lm-eval model) on ablate's local tasks; writes lm-eval's results JSON
     and samples to ``out_dir``; -> {"metrics": {TASK/METRIC: value}, "stderr": {...}, "info": {...}}."""
-    lm_eval, TaskManager = _offline_lm_eval()
+    lm_eval, TaskManager = offline_lm_eval()
     from lm_eval.utils import handle_non_serializable
 
     names = task_names(tasks)
@@ -204,10 +204,10 @@ def evaluate_run(run_dir: str | Path, tasks, limit: int | None = None, batch_siz
     result = run_harness(lm, tasks, run_dir / "eval", limit, data)
     record = read_record(run_dir)  # re-read: keep whatever changed while evaluating
     # this evaluation replaces an earlier one: the record never mixes two (other tasks, another limit)
-    mine = lambda name: name.startswith("eval/lm_eval/")  # noqa: E731
-    record["metrics"] = {**{k: v for k, v in record.get("metrics", {}).items() if not mine(k)},
-                         **{f"eval/lm_eval/{k}": v for k, v in result["metrics"].items()}}
-    record["metric_specs"] = [m for m in record.get("metric_specs", []) if not mine(m["name"])] + [
+    prefix = "eval/lm_eval/"
+    record["metrics"] = {**{k: v for k, v in record.get("metrics", {}).items() if not k.startswith(prefix)},
+                         **{prefix + k: v for k, v in result["metrics"].items()}}
+    record["metric_specs"] = [m for m in record.get("metric_specs", []) if not m["name"].startswith(prefix)] + [
         m.as_dict() for m in Harness.recorded(cfg)]
     record.setdefault("evaluations", {})["lm_eval"] = {**result["info"], "device": str(lm.device)}
     write_record(run_dir, record)

@@ -51,8 +51,11 @@ class AblateLM(TemplateLM):
     ``ablate.model.LM``), ``tokenizer`` (HF tokenizers) and ``max_length`` (the trained context)."""
 
     def __init__(self, run_dir: str | None = None, *, model=None, tokenizer=None, max_length: int | None = None,
-                 batch_size: int | str = 8, device: str | None = None, max_batch_size=None, **unused):
+                 batch_size: int | str = 8, device: str | None = None, max_batch_size=None, **unknown):
         super().__init__()
+        if unknown:  # a mistyped model_args key would otherwise be ignored
+            raise ConfigError(f"lm-eval model_args {sorted(unknown)}; allowed: run_dir, max_length, batch_size, "
+                              "device")
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI asks for cuda by default
         self.run_info = {}
