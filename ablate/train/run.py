@@ -231,6 +231,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     # an attempt that trains no step (it resumed at the end, e.g. to redo a failed evaluation)
     # measures no speed: the attempt that trained keeps its figure
     throughput = Throughput()
+
+    def tokens_per_s() -> float | None:
+        return throughput.tokens_per_s or (previous or {}).get("tokens_per_s")
+
     try:
         L.seed_everything(cfg.recipe.seed, workers=True, verbose=False)
         loggers = _loggers(cfg, run_dir, attempt)
@@ -267,13 +271,13 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     except BaseException as err:
         record.update(status="failed", reason=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=8),
-                      tokens_per_s=throughput.tokens_per_s or (previous or {}).get("tokens_per_s"))
+                      tokens_per_s=tokens_per_s())
         write_record(run_dir, record)
         raise
     finally:
         finish_tracking(loggers, failed=record["status"] == "failed")
     record.update(status="finished", metrics=metrics,
-                  tokens_per_s=throughput.tokens_per_s or (previous or {}).get("tokens_per_s"),
+                  tokens_per_s=tokens_per_s(),
                   world_size=trainer.world_size, global_batch=cfg.recipe.batch_size,
                   train_seconds=time.time() - started, steps=trainer.global_step)
     write_record(run_dir, record)
