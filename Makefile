@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
 
-.PHONY: install test lint sweep bench
+.PHONY: install test lint sweep study bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m ablate.cli sweep $(SWEEP) --workers 2
+
+# an Optuna study: a sweep file with a search: section (make study STUDY=sweeps/meta_tokens.yaml)
+STUDY   ?= sweeps/head_ratio.yaml
+WORKERS ?= 1
+study: $(STAMP)
+	$(PY) -m ablate.cli sweep $(STUDY) --workers $(WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ablate tests benchmarks
