@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
 
-.PHONY: install test lint sweep study bench
+.PHONY: install test lint sweep study bench report
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,3 +34,8 @@ lint: $(STAMP)
 # GPU only: timings appended to benchmarks/RESULTS.md with the command and the GPU
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench
+
+# the report notebooks executed on a results directory: RESULTS/report/{report,maps}.{ipynb,html}, figures as files
+RESULTS ?= results/default
+report: $(STAMP)
+	$(PY) -m ablate.cli report $(RESULTS)

@@ -10,6 +10,9 @@ record (run.json) that tables and plots read.
   ablate table RESULTS_DIR             a results table (markdown, CSV, LaTeX) and the headline-vs-cache plot
   ablate export RUN_DIR OUT            a run as safetensors + config (+ tokenizer), for ablate.load_run
   ablate eval RUN_DIR --tasks ...      recall / commonsense / perplexity through lm-evaluation-harness
+  ablate maps RUN_DIR --out DIR        attention and SSM implicit maps of a real input, their statistics
+  ablate importance RUN_DIR            the headline metric with each layer's attention / SSM path or head zeroed
+  ablate report RESULTS_DIR            execute the report notebooks into RESULTS_DIR/report (HTML, figures)
   ablate lm-eval ARGS...               lm-eval's own CLI, with the model `ablate` and the local tasks
 
 `ablate COMMAND --help` says more about each.
@@ -188,6 +191,37 @@ def _eval(args) -> int:
     return 0
 
 
+def _maps(args) -> int:
+    from ablate.probe.maps import write_maps
+
+    paths = write_maps(args.run_dir, args.out, args.input, args.layers, args.seq_len, args.pairs, args.text,
+                       figures=not args.no_figures)
+    print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def _importance(args) -> int:
+    import pandas as pd
+    from tabulate import tabulate
+
+    from ablate.probe.importance import write_importance
+
+    paths = write_importance(args.run_dir, args.out, args.layers, heads=not args.no_heads, max_examples=args.limit)
+    table = pd.read_csv(paths["csv"])
+    shown = table[["layer", "path", "head", "zeroed", "metric", "baseline", "value", "drop"]].fillna({"head": "-"})
+    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f"))
+    print("\nfiles:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def _report(args) -> int:
+    from ablate.analysis.report import write_report
+
+    paths = write_report(args.results, args.storage, args.maps_runs, args.kernel)
+    print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
 def _lm_eval(args) -> int:
     """lm-eval's own command line (``lm_eval run ...``), after registering the ablate model; the
     local tasks' include path is added unless given."""
@@ -282,6 +316,42 @@ def build_parser() -> argparse.ArgumentParser:
                    "beside the checkout)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("maps", help="attention heads' and SSM heads' maps of a real input, per layer (PNG, PDF), "
+                       "with their statistics (CSV)")
+    p.add_argument("run_dir", help="a finished run directory (run.json, checkpoints/last.ckpt) or an export")
+    p.add_argument("--input", default="task",
+                   help="task: an example of the run's task (MQAR: generated, keys/values/queries marked); "
+                   "text: a text sample through the run's tokenizer")
+    p.add_argument("--layers", help="comma-separated layer indices (default: every layer)")
+    p.add_argument("--seq-len", type=positive_int, help="tokens of the input (MQAR default: its first test "
+                   "segment's length; other tasks: the validation example's)")
+    p.add_argument("--pairs", type=positive_int, help="MQAR key-value pairs (default: the segment's, or one per "
+                   "16 tokens)")
+    p.add_argument("--text", help="with --input text: the text (default: the run's validation text)")
+    p.add_argument("--out", required=True, help="output directory (maps.npz, maps.json, map_stats.csv, "
+                   "layerN.png/.pdf)")
+    p.add_argument("--no-figures", action="store_true", help="write the arrays and statistics only")
+    p.set_defaults(func=_maps)
+
+    p = sub.add_parser("importance", help="head importance (Hymba App. C): the headline metric with each "
+                       "layer's attention path (beta1), SSM path (beta2) or attention head zeroed")
+    p.add_argument("run_dir", help="a finished run directory or an export")
+    p.add_argument("--layers", help="comma-separated layer indices (default: every layer)")
+    p.add_argument("--no-heads", action="store_true", help="paths only, no per-head ablations")
+    p.add_argument("--limit", type=positive_int, default=500, help="validation examples per part (default 500)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/importance)")
+    p.set_defaults(func=_importance)
+
+    p = sub.add_parser("report", help="execute analysis/notebooks (report.ipynb, maps.ipynb) on a results "
+                       "directory into RESULTS/report/ with HTML exports and the figures as files")
+    p.add_argument("results", help="a sweep's results directory (runs/*/run.json)")
+    p.add_argument("--storage", help="the sweep's Optuna storage URL (default sqlite:///RESULTS/study.db)")
+    p.add_argument("--maps-runs", type=comma_list(), metavar="RUNS",
+                   help="run names whose maps and head importance the maps notebook computes "
+                   "(default: the first seed of every variant)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel that executes the notebooks")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("lm-eval", help="lm-eval's own CLI with the model `ablate` registered and the local "
                        "tasks on its include path: ablate lm-eval --model ablate --model_args run_dir=RUN "

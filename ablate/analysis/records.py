@@ -67,3 +67,27 @@ def load_runs(results: str | Path) -> pd.DataFrame:
         row.update(metrics)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Training and validation curves of the runs (``load_runs`` rows) from the CSV logs each run
+    writes (RUN/logs/attemptN/metrics.csv): one row per (run, step, metric) with its value. A later
+    attempt (a resume) replaces the steps an earlier one logged after its last checkpoint."""
+    frames = []
+    for _, run in runs.iterrows():
+        attempts = sorted(Path(run["dir"]).glob("logs/attempt*/metrics.csv"),
+                          key=lambda p: int(p.parent.name.removeprefix("attempt")))
+        for attempt, path in enumerate(attempts):
+            log = pd.read_csv(path)
+            if "step" not in log:
+                raise ValueError(f"{path}: no 'step' column (a Lightning CSV log has one)")
+            values = [c for c in log if c not in ("epoch", "step")]
+            long = log.melt(id_vars=["step"], value_vars=values, var_name="metric").dropna(subset=["value"])
+            frames.append(long.assign(run=run["run"], variant=run["variant"], task=run["task"], seed=run["seed"],
+                                      attempt=attempt))
+    if not frames:
+        return pd.DataFrame(columns=["run", "variant", "task", "seed", "step", "metric", "value"])
+    curves = pd.concat(frames, ignore_index=True)
+    # the last attempt that logged a (run, metric, step) wins
+    curves = curves.sort_values("attempt").drop_duplicates(["run", "metric", "step"], keep="last")
+    return curves.drop(columns="attempt").sort_values(["run", "metric", "step"], ignore_index=True)

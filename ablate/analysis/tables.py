@@ -98,6 +98,7 @@ def summarize(df: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(row_order(rows, knobs, order))
     out.attrs["knobs"] = knobs
+    out.attrs["directions"] = {m["name"]: m["direction"] for specs in done["metric_specs"] for m in json.loads(specs)}
     per_part = [c for c in metric_columns(done) if c.startswith("val/") and c.count("/") == 2]
     out.attrs["shown"] = [c for c in table_metric_names(done) if c in done] + per_part + ["tokens_per_s"]
     return out

@@ -34,7 +34,7 @@ class MambaSSM(SSMPath):
     def __init__(self, d_model: int, d_inner: int, cfg: MambaConfig, norm_eps: float,
                  backends: Backends):
         super().__init__()
-        self.cfg, self.d_inner, self.conv_channels = cfg, d_inner, d_inner
+        self.cfg, self.d_inner, self.conv_channels, self.map_units = cfg, d_inner, d_inner, d_inner
         self.dt_rank = math.ceil(d_model / 16) if cfg.dt_rank == "auto" else cfg.dt_rank
         self.in_dim = 2 * d_inner  # x | z
         self.impl = backends.scan
@@ -76,14 +76,31 @@ class MambaSSM(SSMPath):
     def A(self) -> Tensor:
         return -torch.exp(self.A_log.float())
 
-    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        """alpha[b, d, i, j] = sum_n C_i (prod_{k=j+1..i} exp(A dt_k)) B_j dt_j, (B, D, T, T)."""
-        dt = F.softplus(dt.float() + self.dt_proj.bias.float()[None, :, None])  # (B, D, T)
-        S = torch.cumsum(dt.unsqueeze(-1) * self.A[None, :, None, :], dim=2)  # (B, D, T, N)
+    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None), block: int = 64) -> Tensor:
+        """alpha[b, d, i, j] = sum_n C_i (prod_{k=j+1..i} exp(A dt_k)) B_j dt_j for the channels d in
+        ``units``: (B, D, T, T), ``dense_implicit_map`` computed by row blocks. Keys before a block
+        go through one matmul over the states, the decay split at the block's start
+        (exp(S_i - S_j) = exp(S_i - S_r) exp(S_r - S_j), both factors <= 1, so nothing overflows);
+        the block's own causal triangle is computed directly."""
+        dt = F.softplus(dt[:, units].float() + self.dt_proj.bias[units].float()[None, :, None])  # (B, D, T)
+        S = torch.cumsum(dt.unsqueeze(-1) * self.A[units][None, :, None, :], dim=2)  # (B, D, T, N)
+        queries = C.transpose(1, 2).float().unsqueeze(1)  # (B, 1, T, N)
+        keys = B.transpose(1, 2).float().unsqueeze(1) * dt.unsqueeze(-1)  # (B, D, T, N): B_j dt_j
         T = dt.shape[-1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()
-        decay = torch.exp((S.unsqueeze(3) - S.unsqueeze(2)).masked_fill(~causal[..., None], -torch.inf))
-        return torch.einsum("bni,bdijn,bnj,bdj->bdij", C.float(), decay, B.float(), dt)
+        alpha = dt.new_zeros(*dt.shape, T)
+        for r0 in range(0, T, block):
+            r1 = min(r0 + block, T)
+            if r0:
+                ref = S[:, :, r0 - 1 : r0]  # the decay up to the last key before the block
+                rows = queries[:, :, r0:r1] * torch.exp(S[:, :, r0:r1] - ref)
+                cols = keys[:, :, :r0] * torch.exp(ref - S[:, :, :r0])
+                alpha[:, :, r0:r1, :r0] = rows @ cols.transpose(-1, -2)
+            local = S[:, :, r0:r1]
+            above = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=dt.device).triu(1)
+            decay = torch.exp((local.unsqueeze(3) - local.unsqueeze(2)).masked_fill(above[..., None], -torch.inf))
+            alpha[:, :, r0:r1, r0:r1] = torch.einsum("bqin,bdijn,bdjn->bdij", queries[:, :, r0:r1], decay,
+                                                     keys[:, :, r0:r1])
+        return alpha
 
     def run_sequence(self, x, z, dt, B, C, initial_state, with_state):
         y = scan_ops.selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, True,
@@ -95,3 +112,14 @@ class MambaSSM(SSMPath):
         y = scan_ops.selective_state_update(state, x[..., 0], dt[..., 0], self.A, B[..., 0], C[..., 0],
                                             self.D, z[..., 0], self.dt_proj.bias)
         return y[:, None]
+
+
+def dense_implicit_map(ssm: MambaSSM, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The reference for ``MambaSSM.implicit_map``: every channel and state at once (a
+    (B, D, T, T, N) intermediate, so small T only), straight from the formula."""
+    dt = F.softplus(dt.float() + ssm.dt_proj.bias.float()[None, :, None])  # (B, D, T)
+    S = torch.cumsum(dt.unsqueeze(-1) * ssm.A[None, :, None, :], dim=2)  # (B, D, T, N)
+    T = dt.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()
+    decay = torch.exp((S.unsqueeze(3) - S.unsqueeze(2)).masked_fill(~causal[..., None], -torch.inf))
+    return torch.einsum("bni,bdijn,bnj,bdj->bdij", C.float(), decay, B.float(), dt)

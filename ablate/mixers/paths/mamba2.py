@@ -33,7 +33,7 @@ class Mamba2SSM(SSMPath):
         if d_inner % cfg.head_dim:
             raise ValueError(f"d_inner={d_inner} is not a multiple of mamba2.head_dim={cfg.head_dim}")
         self.cfg, self.d_inner = cfg, d_inner
-        self.n_heads = d_inner // cfg.head_dim
+        self.n_heads = self.map_units = d_inner // cfg.head_dim
         if self.n_heads % cfg.n_groups:
             raise ValueError(f"{self.n_heads} SSM heads are not a multiple of n_groups={cfg.n_groups}")
         self.bc_dim = cfg.n_groups * cfg.d_state
@@ -68,15 +68,18 @@ class Mamba2SSM(SSMPath):
         dt = F.softplus(dt.float() + self.dt_bias.float())
         return x, z, dt, B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N))
 
-    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        """alpha[b, h, i, j] = (C_i . B_j) exp(sum_{k=j+1..i} A dt_k) dt_j, (B, H, T, T)."""
-        S = torch.cumsum(dt * self.A, dim=1)  # (B, T, H)
+    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None)) -> Tensor:
+        """alpha[b, h, i, j] = (C_i . B_j) exp(sum_{k=j+1..i} A dt_k) dt_j for the heads h in
+        ``units``: (B, H, T, T)."""
+        heads = torch.arange(self.n_heads, device=dt.device)[units]
+        dt = dt[..., heads].float()  # (B, T, h)
+        S = torch.cumsum(dt * self.A[heads], dim=1)
         T = dt.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()
-        seg = (S.unsqueeze(2) - S.unsqueeze(1)).masked_fill(~causal[..., None], -torch.inf)
-        Bh, Ch = expand_groups(B.float(), self.n_heads), expand_groups(C.float(), self.n_heads)
-        scores = torch.einsum("bihn,bjhn->bijh", Ch, Bh) * torch.exp(seg) * dt.unsqueeze(1)
-        return scores.permute(0, 3, 1, 2)
+        above = torch.ones(T, T, dtype=torch.bool, device=dt.device).triu(1)
+        group = heads // (self.n_heads // self.cfg.n_groups)  # the B/C group each head reads
+        scores = torch.einsum("bihn,bjhn->bhij", C.float()[:, :, group], B.float()[:, :, group])
+        exponent = (S.unsqueeze(2) - S.unsqueeze(1)).permute(0, 3, 1, 2).masked_fill(above, -torch.inf)
+        return scores * torch.exp(exponent) * dt.transpose(1, 2).unsqueeze(-2)
 
     def run_sequence(self, x, z, dt, B, C, initial_state, with_state):
         y = ssd_ops.ssd(x, dt, self.A, B, C, self.D, initial_state=initial_state,
@@ -87,3 +90,14 @@ class Mamba2SSM(SSMPath):
     def run_step(self, state, x, z, dt, B, C):
         y = ssd_ops.ssd_state_update(state, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D)[:, None]
         return self.norm(y.flatten(2) * F.silu(z))
+
+
+def dense_implicit_map(ssm: Mamba2SSM, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The reference for ``Mamba2SSM.implicit_map``: every head at once, straight from the formula."""
+    S = torch.cumsum(dt * ssm.A, dim=1)  # (B, T, H)
+    T = dt.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()
+    seg = (S.unsqueeze(2) - S.unsqueeze(1)).masked_fill(~causal[..., None], -torch.inf)
+    Bh, Ch = expand_groups(B.float(), ssm.n_heads), expand_groups(C.float(), ssm.n_heads)
+    scores = torch.einsum("bihn,bjhn->bijh", Ch, Bh) * torch.exp(seg) * dt.unsqueeze(1)
+    return scores.permute(0, 3, 1, 2)

@@ -45,11 +45,12 @@ def inverse_softplus_dt(n: int, dt_min: float, dt_max: float) -> Tensor:
 
 class SSMPath(nn.Module):
     """Base of the SSM paths. Subclasses set ``in_dim`` (projected slice width), ``d_inner``
-    (output width), ``conv_channels``, ``cfg`` (with d_state, d_conv) and implement the hooks."""
+    (output width), ``conv_channels``, ``map_units``, ``cfg`` (with d_state, d_conv) and implement the hooks."""
 
     in_dim: int
     d_inner: int
     conv_channels: int
+    map_units: int  # rows of the implicit map: channels (Mamba-1) or heads (Mamba-2)
 
     @abstractmethod
     def prepare(self, u: Tensor, ctx: Context) -> tuple[Tensor, ...]:
@@ -64,8 +65,25 @@ class SSMPath(nn.Module):
         """One token: update ``state`` in place -> output (B, 1, d_inner)."""
 
     @abstractmethod
-    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        """The recurrence as attention: alpha (B, channels or heads, T, T), causal."""
+    def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None)) -> Tensor:
+        """The recurrence as attention for the map units in ``units`` (channels for Mamba-1, heads
+        for Mamba-2): alpha (B, units, T, T), causal."""
+
+    def grouped_map(self, dt: Tensor, B: Tensor, C: Tensor, n_groups: int, chunk: int = 8) -> Tensor:
+        """Mean |alpha| over each of ``n_groups`` equal, contiguous groups of map units: (B, G, T, T).
+        Computed ``chunk`` units at a time, so (B, units, T, T) is never held (a long sequence
+        has a T x T map per channel). Magnitudes, because signed channels cancel in a mean."""
+        if self.map_units % n_groups:
+            raise ValueError(f"{self.map_units} SSM map units (channels or heads) do not split into {n_groups} groups")
+        size = self.map_units // n_groups
+        groups = []
+        for g in range(n_groups):
+            total = 0
+            for start in range(g * size, (g + 1) * size, chunk):
+                units = slice(start, min(start + chunk, (g + 1) * size))
+                total = total + self.implicit_map(dt, B, C, units).abs().sum(1)
+            groups.append(total / size)
+        return torch.stack(groups, dim=1)
 
     def forward(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
         cache = ctx.cache
