@@ -208,7 +208,8 @@ def _importance(args) -> int:
 
     paths = write_importance(args.run_dir, args.out, args.layers, heads=not args.no_heads, max_examples=args.limit)
     table = pd.read_csv(paths["csv"])
-    shown = table[["layer", "path", "head", "zeroed", "metric", "baseline", "value", "drop"]].fillna({"head": "-"})
+    shown = table[["layer", "path", "head", "zeroed", "metric", "baseline", "value", "drop"]].assign(
+        head=table["head"].map(lambda h: "-" if pd.isna(h) else str(int(h))))
     print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f"))
     print("\nfiles:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
     return 0

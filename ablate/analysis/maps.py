@@ -165,9 +165,13 @@ def plot_maps(directory: str | Path) -> dict[str, Path]:
 def plot_mass(stats: pd.DataFrame, path: str | Path) -> Path:
     """Per run and path, the mean mass per category and layer as stacked bars (Hymba Fig. 7)."""
     groups = list(stats.groupby(["run", "path"], sort=False))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 3.8), squeeze=False, sharey=True)
+    cols = min(len(groups), 4)
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1.5, 3.4 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     colours = dict(zip(CATEGORIES, ["tab:orange", "tab:gray", "tab:purple", "tab:cyan", "tab:olive"], strict=True))
-    for ax, ((_, kind), g) in zip(axes[0], groups, strict=True):
+    for ax, ((_, kind), g) in zip(axes.flat, groups, strict=False):
         per_layer = g.groupby("layer")[CATEGORIES].mean()
         bottom = np.zeros(len(per_layer))
         for cat in CATEGORIES:
@@ -176,7 +180,8 @@ def plot_mass(stats: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(f"{g['variant'].iloc[0]}\n{PATHS.get(kind, kind)}", fontsize=9)
         ax.set_xlabel("layer")
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("mean attention mass per query row")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean mass per query row")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=9, title="keys")
     fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))

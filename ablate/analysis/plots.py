@@ -75,9 +75,7 @@ def headline_vs(summary: pd.DataFrame, x: str, path: str | Path) -> Path:
         y_direction = metric_direction(summary, metric)
         for _, r in rows.iterrows():
             ci = r.get(f"{metric} ci95")
-            xerr = r.get(f"{x} ci95") if x == "tokens_per_s" else None
-            ax.errorbar(r[x], r[metric], yerr=None if pd.isna(ci) else ci,
-                        xerr=None if xerr is None or pd.isna(xerr) else xerr, fmt="o", capsize=3)
+            ax.errorbar(r[x], r[metric], yerr=None if pd.isna(ci) else ci, fmt="o", capsize=3)
             ax.annotate(point_label(r, knobs), (r[x], r[metric]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
         front = pareto_front(rows, x, x_direction, metric, y_direction)

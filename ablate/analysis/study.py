@@ -33,9 +33,15 @@ def load_study(storage: str, name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _figure(ax_or_axes):
+def _figure(ax_or_axes, legend_inside: bool = False):
+    """The plot's figure at a readable size (Optuna draws small ones with the legend outside)."""
     first = ax_or_axes.flat[0] if hasattr(ax_or_axes, "flat") else ax_or_axes
-    return first.get_figure()
+    fig = first.get_figure()
+    fig.set_size_inches(8, 4.8)
+    if legend_inside and first.get_legend() is not None:
+        first.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def study_plots(study: optuna.Study, out: str | Path) -> tuple[dict[str, Path], dict[str, str]]:
@@ -53,8 +59,8 @@ def study_plots(study: optuna.Study, out: str | Path) -> tuple[dict[str, Path], 
         skipped["history"] = "a multi-objective study has no single history"
     else:
         ax = vis.plot_optimization_history(study, target_name="objective (headline metric, maximised)")
-        ax.set_title(f"study '{study.study_name}': objective by trial ({len(done)} completed)")
-        written["history"] = save(_figure(ax), out / "study_history.png")
+        ax.set_title(f"study '{study.study_name}': objective by trial ({len(done)} completed)", fontsize=11)
+        written["history"] = save(_figure(ax, legend_inside=True), out / "study_history.png")
     if multi:
         written["pareto"] = save(_figure(vis.plot_pareto_front(study)), out / "study_pareto.png")
     else:
