@@ -123,7 +123,7 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
     n_meta, marks = record.meta["n_meta"], record.meta.get("marks") or {}
     cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows + 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows + 0.9), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (kind, head, m) in zip(axes.flat, panels, strict=False):
@@ -136,7 +136,10 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         ax.set_title(f"{label} {head}", fontsize=10, color="tab:purple" if kind == "ssm" else "black")
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label("weight (square-root colour scale)", fontsize=8)
     window = (record.meta.get("windows") or {}).get(str(layer))
     span = "global" if window is None else f"window {window}"
     title = f"{record.meta['variant']} ({record.meta['run']}), layer {layer} ({span}): {record.meta['input']}"
@@ -147,7 +150,8 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         handles = [plt.Line2D([], [], marker="v", ls="", color=MARK_COLOURS.get(n, "black"), label=n) for n in marks]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False,
                    title="positions marked on the axes", title_fontsize=9)
-    fig.tight_layout(rect=(0, 0.08 if marks else 0, 1, 0.96))
+    legend_room = 0.7 / fig.get_figheight() if marks else 0  # inches kept free for the legend
+    fig.tight_layout(rect=(0, legend_room, 1, 1 - 0.3 / fig.get_figheight()))
     return save(fig, path)
 
 

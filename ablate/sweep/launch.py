@@ -145,4 +145,5 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
     paths = write_tables(sweep.results, order=sweep.labels)
     print("\n" + Path(paths["markdown"]).read_text())
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
+    print(f"\nreport (notebooks, figures, maps): make report RESULTS={sweep.results}  (ablate report DIR)")
     return 0 if counts["complete"] == len(states) and not dead else 1

@@ -1,0 +1,71 @@
+"""`make report` on a real tiny sweep: both notebooks execute without an error cell, their HTML
+exports hold every figure, and every figure file is a non-empty PNG."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ablate.cli import main
+from ablate.sweep.launch import launch
+from tests.helpers import write_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    meta = {"name": "roadmap-e-meta", "label": "+meta",
+            "sets": {"layout.window": 8, "layout.global_layers": ["first"], "layout.kv_groups": [[0, 1]], "n_meta": 4}}
+    path = write_sweep(tmp, name="tiny", variants=["llama", "roadmap-b-parallel", meta], seeds=[0, 1],
+                       mqar={"vocab_size": 32, "cache_dir": str(tmp / "cache"),
+                             "train": [{"seq_len": 16, "n_pairs": 2, "n_examples": 200}],
+                             "test": [{"seq_len": 16, "n_pairs": 2, "n_examples": 50},
+                                      {"seq_len": 32, "n_pairs": 4, "n_examples": 50}]})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert launch(str(path), workers=2) == 0
+    # the sweep's summary ends by naming the report command
+    assert f"make report RESULTS={tmp / 'results'}" in printed.getvalue().splitlines()[-1]
+    return tmp / "results"
+
+
+def test_make_report_executes_the_notebooks_into_results_report(tiny_sweep):
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "report", f"RESULTS={tiny_sweep}", f"PY={sys.executable}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = tiny_sweep / "report"
+    html = ""
+    for name in ("report", "maps"):
+        book = nbformat.read(report / f"{name}.ipynb", as_version=4)
+        errors = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, (name, errors)
+        html += (report / f"{name}.html").read_text(encoding="utf-8")
+    pngs = sorted(report.rglob("*.png"))
+    names = {p.name for p in pngs}
+    # the figures from records, Optuna's history, the map figures of the probed runs and their statistics
+    assert {"loss_curves.png", "mqar_extrapolation.png", "headline_vs_cache.png", "headline_vs_throughput.png",
+            "metric_bars.png", "study_history.png", "map_mass.png", "map_entropy.png", "importance.png",
+            "layer0.png", "layer1.png"} <= names, names
+    assert len([p for p in pngs if p.name == "layer0.png"]) == 3  # one probed run per variant
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, png
+        assert base64.b64encode(data).decode() in html, f"{png} is not in the HTML"
+    assert (report / "maps" / "map_stats.csv").read_text().count("\n") > 1
+    assert sorted(report.rglob("layer0.pdf"))
+
+
+def test_report_of_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no run records" in capsys.readouterr().err
