@@ -69,3 +69,15 @@ def test_make_report_executes_the_notebooks_into_results_report(tiny_sweep):
 def test_report_of_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run records" in capsys.readouterr().err
+
+
+def test_analysis_imports_no_model_code():
+    """The figures and tables come from files alone: importing every analysis module loads neither
+    torch nor the model (the probes, which do, are ablate.probe)."""
+    modules = sorted(p.stem for p in (ROOT / "ablate" / "analysis").glob("*.py") if p.stem != "__init__")
+    heavy = ("torch", "ablate.model", "ablate.mixers", "ablate.probe")
+    script = ("import sys\n" + "".join(f"import ablate.analysis.{m}\n" for m in modules)
+              + f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

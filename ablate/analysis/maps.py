@@ -128,8 +128,10 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         ax.set_visible(False)
     for ax, (kind, head, m) in zip(axes.flat, panels, strict=False):
         S = m.shape[-1]
-        image = ax.imshow(m, cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=max(float(m.max()), 1e-9)),
-                          interpolation="nearest")
+        # the first rows have one or two keys (weights near 1); the 99.5th percentile keeps the rest visible
+        top = max(float(np.quantile(m[m > 0], 0.995)) if (m > 0).any() else 0.0, 1e-9)
+        image = ax.imshow(m, cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=top),
+                          interpolation="nearest" if S <= 256 else "antialiased")
         _mark_positions(ax, marks, n_meta, S)
         unit = (record.meta.get("ssm_units") or {}).get(str(layer), "head group")
         label = "attention head" if kind == "attention" else f"SSM {unit}"
@@ -139,7 +141,7 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.yaxis.get_major_locator().set_params(integer=True)
         bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label("weight (square-root colour scale)", fontsize=8)
+        bar.set_label("weight (square-root scale, top 0.5% clipped)", fontsize=8)
     window = (record.meta.get("windows") or {}).get(str(layer))
     span = "global" if window is None else f"window {window}"
     title = f"{record.meta['variant']} ({record.meta['run']}), layer {layer} ({span}): {record.meta['input']}"
