@@ -8,6 +8,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,10 +22,11 @@ from ablate.ops.backends import Backends
 from ablate.ops.scan.reference import selective_scan
 from ablate.ops.ssd.reference import ssd
 from ablate.probe.maps import layer_maps, parse_layers
+from ablate.train.config import run_config
 from ablate.train.run import train
 from ablate.variants import load_variant
 from tests.conftest import tiny
-from tests.helpers import tiny_mqar
+from tests.helpers import TINY_MODEL, tiny_mqar
 
 
 def mamba1_path(T: int = 13):
@@ -179,3 +181,24 @@ def test_maps_command_errors_name_the_option(trained_meta_run, tmp_path, capsys)
     assert "needs a run with a tokenizer" in capsys.readouterr().err
     assert main(["maps", str(trained_meta_run), "--out", str(tmp_path), "--input", "image"]) == 2
     assert "allowed: task, text" in capsys.readouterr().err
+
+
+def test_maps_and_importance_of_a_text_run(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. a stitch in time saves nine.\n" * 100)
+    sets = TINY_MODEL + [f"text.train=[{corpus}]", f"text.val=[{corpus}]", "text.vocab_size=300", "text.seq_len=32",
+                         f"text.cache_dir={tmp_path / 'cache'}", "recipe.max_steps=6", "recipe.eval_every=3",
+                         "recipe.batch_size=4", "recipe.warmup_steps=1"]
+    run_dir = tmp_path / "run"
+    train(run_config("roadmap-b-parallel", "text", sets), run_dir)
+    out = tmp_path / "given"
+    assert main(["maps", str(run_dir), "--input", "text", "--text", "the lazy dog jumps", "--out", str(out)]) == 0
+    meta = json.loads((out / "maps.json").read_text())
+    assert "".join(meta["token_labels"]).replace("Ġ", " ") == "the lazy dog jumps" and not meta["marks"]
+    assert main(["maps", str(run_dir), "--input", "text", "--seq-len", "20", "--out", str(tmp_path / "val")]) == 0
+    assert len(json.loads((tmp_path / "val" / "maps.json").read_text())["tokens"]) == 20
+    assert main(["maps", str(run_dir), "--pairs", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--pairs is for MQAR runs" in capsys.readouterr().err
+    assert main(["importance", str(run_dir), "--no-heads", "--limit", "4"]) == 0
+    table = pd.read_csv(run_dir / "importance" / "importance.csv")
+    assert (table["metric"] == "val/loss").all() and (table["direction"] == "minimize").all()
