@@ -81,3 +81,29 @@ def test_analysis_imports_no_model_code():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_study_plots_draw_what_the_study_has(tmp_path):
+    """Searched parameters give an importance plot, two objectives a Pareto front; a grid-only study
+    (enqueued points, no parameters) gets its history and the reasons for the rest."""
+    import optuna
+
+    from ablate.analysis.study import study_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searched = optuna.create_study(study_name="searched", direction="maximize")
+    searched.optimize(lambda t: t.suggest_float("lr", 0, 1) - t.suggest_int("heads", 1, 4) / 8, n_trials=6)
+    written, skipped = study_plots(searched, tmp_path / "a")
+    assert set(written) == {"history", "importances"} and set(skipped) == {"pareto"}
+    both = optuna.create_study(study_name="both", directions=["maximize", "minimize"])
+    both.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
+    written, skipped = study_plots(both, tmp_path / "b")
+    assert set(written) == {"pareto", "importances"} and set(skipped) == {"history"}
+    grid = optuna.create_study(study_name="grid", direction="maximize")
+    for value in (0.1, 0.3):
+        grid.enqueue_trial({})
+        grid.optimize(lambda t, v=value: v, n_trials=1)
+    written, skipped = study_plots(grid, tmp_path / "c")
+    assert set(written) == {"history"} and "no searched parameters" in skipped["importances"]
+    for png in (tmp_path / "a").glob("*.png"):
+        assert png.stat().st_size > 2000

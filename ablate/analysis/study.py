@@ -62,13 +62,16 @@ def study_plots(study: optuna.Study, out: str | Path) -> tuple[dict[str, Path], 
         ax.set_title(f"study '{study.study_name}': objective by trial ({len(done)} completed)", fontsize=11)
         written["history"] = save(_figure(ax, legend_inside=True), out / "study_history.png")
     if multi:
-        written["pareto"] = save(_figure(vis.plot_pareto_front(study)), out / "study_pareto.png")
+        ax = vis.plot_pareto_front(study)
+        ax.set_title(f"study '{study.study_name}': Pareto front of {len(done)} completed trials", fontsize=11)
+        written["pareto"] = save(_figure(ax), out / "study_pareto.png")
     else:
         skipped["pareto"] = ("single-objective study (the records' figures mark the Pareto front over cache and "
                              "throughput)")
     searched = {name for t in done for name in t.distributions}
     if len(searched) >= 1 and len(done) >= 2:
         ax = vis.plot_param_importances(study)
+        ax.set_title(f"study '{study.study_name}': parameter importances (Optuna's default evaluator)", fontsize=11)
         written["importances"] = save(_figure(ax), out / "study_importances.png")
     else:
         skipped["importances"] = "the trials have no searched parameters (grid points are enqueued, not sampled)"
