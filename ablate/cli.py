@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=positive_int, help="MQAR key-value pairs (default: the segment's, or one per "
                    "16 tokens)")
     p.add_argument("--text", help="with --input text: the text (default: the run's validation text)")
-    p.add_argument("--out", required=True, help="output directory (maps.npz, maps.json, map_stats.csv, "
+    p.add_argument("--out", required=True, help="output directory (layerN.npz, maps.json, map_stats.csv, "
                    "layerN.png/.pdf)")
     p.add_argument("--no-figures", action="store_true", help="write the arrays and statistics only")
     p.set_defaults(func=_maps)

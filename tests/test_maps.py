@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate.analysis.maps import entropy, load_maps, map_stats, mass, row_entropy
+from ablate.analysis.maps import entropy, load_layer, map_stats, mass, row_entropy
 from ablate.cli import main
 from ablate.config import ConfigError, Mamba2Config, MambaConfig
 from ablate.mixers.base import Context
@@ -158,15 +158,16 @@ def trained_meta_run(tmp_path_factory):
 def test_maps_command_writes_arrays_statistics_and_figures(trained_meta_run, tmp_path, capsys):
     out = tmp_path / "maps"
     assert main(["maps", str(trained_meta_run), "--out", str(out), "--seq-len", "24", "--pairs", "3"]) == 0
-    record = load_maps(out)
     meta = json.loads((out / "maps.json").read_text())
     assert meta["n_meta"] == 2 and len(meta["tokens"]) == 24
     marks = meta["marks"]
     assert marks["key"] == [0, 2, 4] and marks["value"] == [1, 3, 5] and len(marks["query"]) == 3
     tokens = np.array(meta["tokens"])
     assert all(tokens[q] in tokens[[0, 2, 4]] for q in meta["marks"]["query"])  # queries repeat context keys
-    assert set(record.maps) == {0, 1} and set(record.maps[0]) == {"attention", "ssm"}
-    stats = map_stats(record)
+    assert set(meta["layers"]) == {"0", "1"} and set(load_layer(out, 0)) == {"attention", "ssm"}
+    assert load_layer(out, 1)["ssm"].shape == (2, 26, 26)  # 2 head groups over 2 meta + 24 tokens
+    stats = map_stats(out)
+    assert stats.equals(pd.read_csv(out / "map_stats.csv"))
     assert set(stats["path"]) == {"attention", "ssm"} and (stats["meta"] > 0).all()
     for layer in (0, 1):
         for suffix in ("png", "pdf"):

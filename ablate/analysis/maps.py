@@ -1,5 +1,5 @@
-"""Attention-map statistics and figures from the files ``ablate maps`` writes (maps.npz,
-maps.json); numpy, pandas and matplotlib only, no model code.
+"""Attention-map statistics and figures from the files ``ablate maps`` writes (maps.json and one
+layerN.npz per layer); numpy, pandas and matplotlib only, no model code.
 
 A map is (heads, S, S) over all S = n_meta + T positions, rows summing to 1: attention
 probabilities, or the SSM's implicit attention as row-normalised magnitudes per head group.
@@ -15,7 +15,6 @@ Statistics are over the real query rows (the paper's Fig. 7 categories and App. 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +27,22 @@ PATHS = {"attention": "attention heads", "ssm": "SSM (implicit attention)"}
 MARK_COLOURS = {"key": "tab:blue", "value": "tab:green", "query": "tab:red"}
 
 
-@dataclass
-class MapRecord:
-    meta: dict  # maps.json: run, variant, input, n_meta, tokens, marks, layers
-    maps: dict[int, dict[str, np.ndarray]]  # layer -> path -> (heads, S, S)
+def load_meta(directory: str | Path) -> dict:
+    """maps.json: run, variant, input, n_meta, tokens, marks, the layers and their map shapes."""
+    path = Path(directory) / "maps.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (written by `ablate maps RUN_DIR --out {directory}`)")
+    return json.loads(path.read_text())
 
 
-def load_maps(directory: str | Path) -> MapRecord:
-    directory = Path(directory)
-    for name in ("maps.json", "maps.npz"):
-        if not (directory / name).exists():
-            raise FileNotFoundError(f"{directory / name}: missing (written by `ablate maps RUN_DIR --out {directory}`)")
-    meta = json.loads((directory / "maps.json").read_text())
-    maps: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(directory / "maps.npz") as arrays:
-        for key in arrays.files:  # "layer3/attention"
-            layer, kind = key.split("/")
-            maps.setdefault(int(layer.removeprefix("layer")), {})[kind] = arrays[key]
-    return MapRecord(meta, dict(sorted(maps.items())))
+def load_layer(directory: str | Path, layer: int) -> dict[str, np.ndarray]:
+    """One layer's maps, path -> (heads, S, S) (layerN.npz)."""
+    with np.load(Path(directory) / f"layer{layer}.npz") as arrays:
+        return {kind: arrays[kind] for kind in arrays.files}
+
+
+def layers(meta: dict) -> list[int]:
+    return sorted(int(i) for i in meta["layers"])
 
 
 def query_rows(S: int, n_meta: int) -> np.ndarray:
@@ -82,18 +79,21 @@ def entropy(m: np.ndarray, n_meta: int) -> dict[str, np.ndarray]:
     return {"entropy": row_entropy(rows).mean(-1), "entropy_real": row_entropy(real).mean(-1)}
 
 
-def map_stats(record: MapRecord) -> pd.DataFrame:
-    """One row per (layer, path, head) with the mass categories and entropies."""
-    n_meta = record.meta["n_meta"]
-    rows = []
-    for layer, paths in record.maps.items():
-        for path, m in paths.items():
-            stats = {**mass(m, n_meta), **entropy(m, n_meta)}
-            for head in range(m.shape[0]):
-                rows.append({"run": record.meta["run"], "variant": record.meta["variant"], "layer": layer,
-                             "path": path, "head": head, "n_meta": n_meta,
-                             **{k: float(v[head]) for k, v in stats.items()}})
-    return pd.DataFrame(rows)
+def layer_stats(meta: dict, layer: int, maps: dict[str, np.ndarray]) -> list[dict]:
+    """One row per (path, head) of one layer with the mass categories and entropies."""
+    n_meta, rows = meta["n_meta"], []
+    for path, m in maps.items():
+        stats = {**mass(m, n_meta), **entropy(m, n_meta)}
+        for head in range(m.shape[0]):
+            rows.append({"run": meta["run"], "variant": meta["variant"], "layer": layer, "path": path, "head": head,
+                         "n_meta": n_meta, **{k: float(v[head]) for k, v in stats.items()}})
+    return rows
+
+
+def map_stats(directory: str | Path) -> pd.DataFrame:
+    """The statistics of every layer ``ablate maps`` wrote to ``directory``, one layer in memory at a time."""
+    meta = load_meta(directory)
+    return pd.DataFrame([row for i in layers(meta) for row in layer_stats(meta, i, load_layer(directory, i))])
 
 
 def load_map_stats(directories) -> pd.DataFrame:
@@ -115,12 +115,12 @@ def _mark_positions(ax, marks: dict[str, list[int]], n_meta: int, S: int) -> Non
             line(n_meta - 0.5, color="white", lw=0.8, ls="--")
 
 
-def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
-    """One layer: every attention head, then every SSM head group, side by side."""
+def plot_layer(meta: dict, layer: int, maps: dict[str, np.ndarray], path: str | Path) -> Path:
+    """One layer: every attention head, then every SSM head (group), side by side."""
     from matplotlib.colors import PowerNorm
 
-    panels = [(kind, h, m[h]) for kind, m in record.maps[layer].items() for h in range(m.shape[0])]
-    n_meta, marks = record.meta["n_meta"], record.meta.get("marks") or {}
+    panels = [(kind, h, m[h]) for kind, m in maps.items() for h in range(m.shape[0])]
+    n_meta, marks = meta["n_meta"], meta.get("marks") or {}
     cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows + 0.9), squeeze=False)
@@ -133,7 +133,7 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         image = ax.imshow(m, cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=top),
                           interpolation="nearest" if S <= 256 else "antialiased")
         _mark_positions(ax, marks, n_meta, S)
-        unit = (record.meta.get("ssm_units") or {}).get(str(layer), "head group")
+        unit = (meta.get("ssm_units") or {}).get(str(layer), "head group")
         label = "attention head" if kind == "attention" else f"SSM {unit}"
         ax.set_title(f"{label} {head}", fontsize=10, color="tab:purple" if kind == "ssm" else "black")
         ax.set_xlabel("key position")
@@ -142,9 +142,9 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
         ax.yaxis.get_major_locator().set_params(integer=True)
         bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         bar.set_label("weight (square-root scale, top 0.5% clipped)", fontsize=8)
-    window = (record.meta.get("windows") or {}).get(str(layer))
+    window = (meta.get("windows") or {}).get(str(layer))
     span = "global" if window is None else f"window {window}"
-    title = f"{record.meta['variant']} ({record.meta['run']}), layer {layer} ({span}): {record.meta['input']}"
+    title = f"{meta['variant']} ({meta['run']}), layer {layer} ({span}): {meta['input']}"
     if n_meta:
         title += f"; {n_meta} meta tokens first (dashed)"
     fig.suptitle(title, fontsize=10)
@@ -160,11 +160,12 @@ def plot_layer(record: MapRecord, layer: int, path: str | Path) -> Path:
 def plot_maps(directory: str | Path) -> dict[str, Path]:
     """Every layer's figure (PNG and PDF) beside the maps: layerN.png / layerN.pdf."""
     directory = Path(directory)
-    record = load_maps(directory)
+    meta = load_meta(directory)
     written = {}
-    for layer in record.maps:
-        written[f"layer{layer}"] = plot_layer(record, layer, directory / f"layer{layer}.png")
-        plot_layer(record, layer, directory / f"layer{layer}.pdf")
+    for layer in layers(meta):
+        maps = load_layer(directory, layer)
+        written[f"layer{layer}"] = plot_layer(meta, layer, maps, directory / f"layer{layer}.png")
+        plot_layer(meta, layer, maps, directory / f"layer{layer}.pdf")
     return written
 
 

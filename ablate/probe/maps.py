@@ -1,11 +1,11 @@
 """`ablate maps RUN_DIR`: per layer, the attention heads' maps and the SSM path's implicit maps of
-one real input, written as arrays (maps.npz), a description (maps.json), statistics
+one real input, written as arrays (layerN.npz), a description (maps.json), statistics
 (map_stats.csv) and figures (ablate.analysis.maps draws them from the files).
 
 Memory: the model runs once without maps, with hooks that keep each path's input (the projected
 slice and its context); then, one layer at a time, the attention probabilities (H, T, S) and the
 SSM map grouped over channels, a few channels at a time (``SSMPath.grouped_map``): never a
-(B, d_inner, T, T) tensor.
+(B, d_inner, T, T) tensor, and one layer's maps at a time (each is written before the next).
 """
 
 from __future__ import annotations
@@ -72,26 +72,32 @@ def normalise_rows(m: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_maps(model, tokens: torch.Tensor, layers: list[int] | None = None, chunk: int = 8) -> dict[int, dict]:
-    """tokens (T,) -> per layer {"attention": (H, S, S), "ssm": (G, S, S)} as float32 numpy arrays
-    over all S = n_meta + T positions; rows sum to 1 (SSM: row-normalised mean |alpha| per group)."""
+def iter_layer_maps(model, tokens: torch.Tensor, layers: list[int] | None = None, chunk: int = 8):
+    """tokens (T,) -> yields (layer, {"attention": (H, S, S), "ssm": (G, S, S)}) one layer at a time,
+    float32 numpy arrays over all S = n_meta + T positions; rows sum to 1 (SSM: row-normalised
+    mean |alpha| per group). Only one layer's maps exist at a time."""
     layers = list(range(len(model.blocks))) if layers is None else layers
     captured = capture_path_inputs(model, tokens[None], layers)
-    maps = {}
     for i in layers:
-        maps[i] = {}
+        maps = {}
         modules = path_modules(model.blocks[i])
         if "attention" in captured[i]:
             qkv, ctx = captured[i]["attention"]
             _, _, probs = modules["attention"](qkv, dataclasses.replace(ctx, want_map=True))
-            maps[i]["attention"] = probs[0].float().numpy()
+            maps["attention"] = probs[0].float().numpy()
         if "ssm" in captured[i]:
             u, ctx = captured[i]["ssm"]
             ssm = modules["ssm"]
             _, _, dt, B, C = ssm.prepare(u, ctx)
             grouped = ssm.grouped_map(dt, B, C, ssm_groups(model, ssm), chunk)
-            maps[i]["ssm"] = normalise_rows(grouped[0]).float().numpy()
-    return maps
+            maps["ssm"] = normalise_rows(grouped[0]).float().numpy()
+        del captured[i]  # this layer's inputs are no longer needed
+        yield i, maps
+
+
+def layer_maps(model, tokens: torch.Tensor, layers: list[int] | None = None, chunk: int = 8) -> dict[int, dict]:
+    """Every chosen layer's maps at once (``iter_layer_maps``), for short inputs."""
+    return dict(iter_layer_maps(model, tokens, layers, chunk))
 
 
 def parse_layers(text: str | None, n_layers: int) -> list[int]:
@@ -118,29 +124,29 @@ def probe_input(run: Run, kind: str, seq_len: int | None, n_pairs: int | None, t
 def write_maps(run_dir: str | Path, out: str | Path, input: str = "task", layers: str | None = None,
                seq_len: int | None = None, n_pairs: int | None = None, text: str | None = None,
                figures: bool = True) -> dict[str, Path]:
-    """Compute one input's maps for a run and write maps.npz, maps.json, map_stats.csv (and the
-    figures, from those files); -> the paths written."""
+    """Compute one input's maps for a run and write, layer by layer, layerN.npz (one array per
+    path), then maps.json (the input and the layers), map_stats.csv and the figures (drawn from the
+    files); -> the paths written."""
     from ablate.analysis import maps as map_analysis
 
     run = load_run(run_dir)
     chosen = parse_layers(layers, len(run.model.blocks))
     sample = probe_input(run, input, seq_len, n_pairs, text)
-    maps = layer_maps(run.model, sample.tokens, chosen)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {f"layer{i}/{kind}": m for i, layer in maps.items() for kind, m in layer.items()}
-    np.savez_compressed(out / "maps.npz", **arrays)
+    shapes = {}
+    for i, maps in iter_layer_maps(run.model, sample.tokens, chosen):
+        np.savez_compressed(out / f"layer{i}.npz", **maps)
+        shapes[str(i)] = {kind: list(m.shape) for kind, m in maps.items()}
     meta = {"run": run.record["name"], "variant": run.record["variant"], "task": run.record["task"],
             "run_dir": str(run.path), "input": sample.description, "n_meta": run.model.n_meta,
             "tokens": sample.tokens.tolist(), "token_labels": sample.labels, "marks": sample.marks,
-            "layers": {str(i): {kind: list(m.shape) for kind, m in layer.items()} for i, layer in maps.items()},
-            "windows": {str(i): run.model.blocks[i].spec.window for i in chosen},
+            "layers": shapes, "windows": {str(i): run.model.blocks[i].spec.window for i in chosen},
             "ssm_units": {str(i): "head" if isinstance(path_modules(run.model.blocks[i]).get("ssm"), Mamba2SSM)
                           else "head group" for i in chosen}}
     (out / "maps.json").write_text(json.dumps(meta, indent=1))
-    paths = {"maps": out / "maps.npz", "meta": out / "maps.json"}
-    stats = map_analysis.map_stats(map_analysis.load_maps(out))
-    stats.to_csv(out / "map_stats.csv", index=False)
+    paths = {"meta": out / "maps.json", **{f"layer{i}_maps": out / f"layer{i}.npz" for i in chosen}}
+    map_analysis.map_stats(out).to_csv(out / "map_stats.csv", index=False)
     paths["stats"] = out / "map_stats.csv"
     if figures:
         paths.update(map_analysis.plot_maps(out))
