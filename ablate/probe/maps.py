@@ -84,13 +84,13 @@ def iter_layer_maps(model, tokens: torch.Tensor, layers: list[int] | None = None
         if "attention" in captured[i]:
             qkv, ctx = captured[i]["attention"]
             _, _, probs = modules["attention"](qkv, dataclasses.replace(ctx, want_map=True))
-            maps["attention"] = probs[0].float().numpy()
+            maps["attention"] = probs[0].float().cpu().numpy()
         if "ssm" in captured[i]:
             u, ctx = captured[i]["ssm"]
             ssm = modules["ssm"]
             _, _, dt, B, C = ssm.prepare(u, ctx)
             grouped = ssm.grouped_map(dt, B, C, ssm_groups(model, ssm), chunk)
-            maps["ssm"] = normalise_rows(grouped[0]).float().numpy()
+            maps["ssm"] = normalise_rows(grouped[0]).float().cpu().numpy()
         del captured[i]  # this layer's inputs are no longer needed
         yield i, maps
 
