@@ -195,7 +195,7 @@ def _maps(args) -> int:
     from ablate.probe.maps import write_maps
 
     paths = write_maps(args.run_dir, args.out, args.input, args.layers, args.seq_len, args.pairs, args.text,
-                       figures=not args.no_figures)
+                       figures=not args.no_figures, device=args.device)
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
     return 0
 
@@ -206,7 +206,8 @@ def _importance(args) -> int:
 
     from ablate.probe.importance import write_importance
 
-    paths = write_importance(args.run_dir, args.out, args.layers, heads=not args.no_heads, max_examples=args.limit)
+    paths = write_importance(args.run_dir, args.out, args.layers, heads=not args.no_heads, max_examples=args.limit,
+                             device=args.device)
     table = pd.read_csv(paths["csv"])
     shown = table[["layer", "path", "head", "zeroed", "metric", "baseline", "value", "drop"]].assign(
         head=table["head"].map(lambda h: "-" if pd.isna(h) else str(int(h))))
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (layerN.npz, maps.json, map_stats.csv, "
                    "layerN.png/.pdf)")
     p.add_argument("--no-figures", action="store_true", help="write the arrays and statistics only")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
     p.set_defaults(func=_maps)
 
     p = sub.add_parser("importance", help="head importance (Hymba App. C): the headline metric with each "
@@ -342,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-heads", action="store_true", help="paths only, no per-head ablations")
     p.add_argument("--limit", type=positive_int, default=500, help="validation examples per part (default 500)")
     p.add_argument("--out", help="output directory (default RUN_DIR/importance)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
     p.set_defaults(func=_importance)
 
     p = sub.add_parser("report", help="execute analysis/notebooks (report.ipynb, maps.ipynb) on a results "

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.api import Run, load_run
-from ablate.probe.inputs import validation_data
+from ablate.probe.inputs import default_device, validation_data
 from ablate.probe.maps import parse_layers, path_modules
 
 
@@ -98,11 +98,13 @@ def validation_metrics(model, loaders, max_examples: int | None) -> dict[str, fl
     """The recipe's validation metrics over (at most max_examples of) each validation part: val/acc
     (mean over parts of accuracy at labelled positions), val/loss (token-weighted), val/ppl."""
     accs, loss_sum, count_sum = [], 0.0, 0
+    device = model.embed.weight.device
     for loader in loaders:
         correct = count = seen = 0
         for inputs, labels in loader:
             if max_examples is not None:
                 inputs, labels = inputs[: max_examples - seen], labels[: max_examples - seen]
+            inputs, labels = inputs.to(device), labels.to(device)
             logits = model(inputs).logits.float()
             mask = labels != -100
             loss_sum += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
@@ -149,11 +151,12 @@ def importance(run: Run, layers: list[int] | None = None, heads: bool = True,
 
 
 def write_importance(run_dir: str | Path, out: str | Path | None = None, layers: str | None = None,
-                     heads: bool = True, max_examples: int | None = 500, figure: bool = True) -> dict[str, Path]:
+                     heads: bool = True, max_examples: int | None = 500, figure: bool = True,
+                     device: str | None = None) -> dict[str, Path]:
     """Run the probe and write importance.csv (default RUN_DIR/importance/) and its heat map."""
     from ablate.analysis.importance import plot_importance
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, default_device(device))
     chosen = parse_layers(layers, len(run.model.blocks))
     table = importance(run, chosen, heads, max_examples)
     out = Path(out) if out is not None else Path(run_dir) / "importance"

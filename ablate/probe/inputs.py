@@ -92,6 +92,11 @@ def text_input(run: Run, text: str | None = None, seq_len: int | None = None) ->
     return ProbeInput(tokens, f"text sample, {len(tokens)} tokens", labels=token_labels(run, tokens))
 
 
+def default_device(device: str | None) -> str:
+    """The device a probe runs its model on: the one asked for, else CUDA when there is one."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def token_labels(run: Run, tokens: torch.Tensor) -> list[str] | None:
     if run.tokenizer is None:
         return None

@@ -22,7 +22,7 @@ from ablate.config import ConfigError
 from ablate.mixers.paths.attention import AttentionHeads
 from ablate.mixers.paths.mamba2 import Mamba2SSM
 from ablate.mixers.paths.ssm import SSMPath
-from ablate.probe.inputs import ProbeInput, task_input, text_input
+from ablate.probe.inputs import ProbeInput, default_device, task_input, text_input
 
 # the input kinds, named after their builders: "task" (an example of the run's task) and a text sample
 INPUTS = {builder.__name__.removesuffix("_input"): builder for builder in (task_input, text_input)}
@@ -77,7 +77,7 @@ def iter_layer_maps(model, tokens: torch.Tensor, layers: list[int] | None = None
     float32 numpy arrays over all S = n_meta + T positions; rows sum to 1 (SSM: row-normalised
     mean |alpha| per group). Only one layer's maps exist at a time."""
     layers = list(range(len(model.blocks))) if layers is None else layers
-    captured = capture_path_inputs(model, tokens[None], layers)
+    captured = capture_path_inputs(model, tokens[None].to(model.embed.weight.device), layers)
     for i in layers:
         maps = {}
         modules = path_modules(model.blocks[i])
@@ -123,13 +123,13 @@ def probe_input(run: Run, kind: str, seq_len: int | None, n_pairs: int | None, t
 
 def write_maps(run_dir: str | Path, out: str | Path, input: str = "task", layers: str | None = None,
                seq_len: int | None = None, n_pairs: int | None = None, text: str | None = None,
-               figures: bool = True) -> dict[str, Path]:
+               figures: bool = True, device: str | None = None) -> dict[str, Path]:
     """Compute one input's maps for a run and write, layer by layer, layerN.npz (one array per
     path), then maps.json (the input and the layers), map_stats.csv and the figures (drawn from the
     files); -> the paths written."""
     from ablate.analysis import maps as map_analysis
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, default_device(device))
     chosen = parse_layers(layers, len(run.model.blocks))
     sample = probe_input(run, input, seq_len, n_pairs, text)
     out = Path(out)
