@@ -9,6 +9,7 @@ run records, the study storage and CSV logs; maps.ipynb runs the probes (``ablat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -93,8 +94,10 @@ def execute(name: str, out: Path, parameters: dict, kernel: str) -> dict[str, Pa
         raise ConfigError(f"{source}: notebook missing (the report notebooks ship with the source tree, "
                           "analysis/notebooks/)")
     executed = out / f"{name}.ipynb"
+    # the kernel starts in this process's directory: runs' relative paths (a task's data cache) mean
+    # there what they meant where the sweep ran
     papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name=kernel,
-                               progress_bar=False, cwd=str(out))
+                               progress_bar=False, cwd=os.getcwd())
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     html = out / f"{name}.html"
     html.write_text(body, encoding="utf-8")
