@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench
 
 # the report notebooks executed on a results directory: RESULTS/report/{report,maps}.{ipynb,html}, figures as files
+# (ARGS: more `ablate report` options, e.g. ARGS="--compare RUN_A,RUN_B")
 RESULTS ?= results/default
 report: $(STAMP)
-	$(PY) -m ablate.cli report $(RESULTS)
+	$(PY) -m ablate.cli report $(RESULTS) $(ARGS)

@@ -219,7 +219,7 @@ def _importance(args) -> int:
 def _report(args) -> int:
     from ablate.analysis.report import write_report
 
-    paths = write_report(args.results, args.storage, args.maps_runs, args.kernel)
+    paths = write_report(args.results, args.storage, args.maps_runs, args.kernel, args.compare)
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
     return 0
 
@@ -354,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-runs", type=comma_list(), metavar="RUNS",
                    help="run names whose maps and head importance the maps notebook computes "
                    "(default: the first seed of every variant)")
+    p.add_argument("--compare", type=comma_list(), metavar="RUN_A,RUN_B",
+                   help="two probed runs whose map entropy per layer is compared in a table (Hymba App. D)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel that executes the notebooks")
     p.set_defaults(func=_report)
 

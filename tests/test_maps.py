@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate.analysis.maps import entropy, load_layer, map_stats, mass, row_entropy
+from ablate.analysis.maps import entropy, entropy_comparison, load_layer, map_stats, mass, row_entropy
 from ablate.cli import main
 from ablate.config import ConfigError, Mamba2Config, MambaConfig
 from ablate.mixers.base import Context
@@ -203,3 +203,14 @@ def test_maps_and_importance_of_a_text_run(tmp_path, capsys):
     assert main(["importance", str(run_dir), "--no-heads", "--limit", "4"]) == 0
     table = pd.read_csv(run_dir / "importance" / "importance.csv")
     assert (table["metric"] == "val/loss").all() and (table["direction"] == "minimize").all()
+
+
+def test_entropy_comparison_of_two_runs():
+    stats = pd.DataFrame([{"run": run, "variant": run, "layer": layer, "path": "attention", "head": head,
+                           "entropy": value + head}
+                          for run, value in (("d", 2.0), ("e", 1.5)) for layer in (0, 1) for head in (0, 1)])
+    table = entropy_comparison(stats, ["d", "e"])
+    assert list(table.columns) == ["path", "layer", "d", "e", "e - d"]
+    assert table["d"].tolist() == [2.5, 2.5] and table["e - d"].tolist() == [-0.5, -0.5]
+    with pytest.raises(ValueError, match="have: d, e"):
+        entropy_comparison(stats, ["d", "x"])

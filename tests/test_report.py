@@ -40,8 +40,9 @@ def tiny_sweep(tmp_path_factory):
 
 
 def test_make_report_executes_the_notebooks_into_results_report(tiny_sweep):
-    done = subprocess.run(["make", "-s", "-C", str(ROOT), "report", f"RESULTS={tiny_sweep}", f"PY={sys.executable}"],
-                          capture_output=True, text=True, timeout=600)
+    compare = "roadmap-b-parallel-mqar-s0,_meta-mqar-s0"  # App. D: the parallel head without and with meta tokens
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "report", f"RESULTS={tiny_sweep}", f"PY={sys.executable}",
+                           f"ARGS=--compare {compare}"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = tiny_sweep / "report"
     html = ""
@@ -63,12 +64,20 @@ def test_make_report_executes_the_notebooks_into_results_report(tiny_sweep):
         assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, png
         assert base64.b64encode(data).decode() in html, f"{png} is not in the HTML"
     assert (report / "maps" / "map_stats.csv").read_text().count("\n") > 1
+    comparison = (report / "maps" / "entropy_comparison.csv").read_text()
+    assert comparison.startswith("path,layer,roadmap-b-parallel-mqar-s0,_meta-mqar-s0,")
     assert sorted(report.rglob("layer0.pdf"))
 
 
 def test_report_of_a_directory_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run records" in capsys.readouterr().err
+
+
+def test_report_compares_two_probed_runs_only(tiny_sweep, capsys):
+    assert main(["report", str(tiny_sweep), "--compare", "llama-mqar-s0,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "allowed: two of the probed runs (_meta-mqar-s0, llama-mqar-s0, roadmap-b-parallel" in err
 
 
 def test_analysis_imports_no_model_code():

@@ -195,6 +195,19 @@ def plot_mass(stats: pd.DataFrame, path: str | Path) -> Path:
     return save(fig, path)
 
 
+def entropy_comparison(stats: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
+    """Mean entropy per (path, layer) of each named run side by side, and the second minus the first
+    (App. D's comparison, e.g. roadmap D against E: negative means sharper maps)."""
+    missing = sorted(set(runs) - set(stats["run"]))
+    if missing or len(runs) != 2:
+        have = ", ".join(dict.fromkeys(stats["run"]))
+        raise ValueError(f"compare two runs with map statistics; asked {runs}, have: {have}")
+    per_layer = stats[stats["run"].isin(runs)].groupby(["path", "layer", "run"])["entropy"].mean().unstack("run")
+    table = per_layer[runs].copy()
+    table[f"{runs[1]} - {runs[0]}"] = table[runs[1]] - table[runs[0]]
+    return table.reset_index()
+
+
 def plot_entropy(stats: pd.DataFrame, path: str | Path, runs: list[str] | None = None) -> Path:
     """Mean map entropy per layer, one line per run, a panel per path (Hymba App. D, Fig. 15): solid
     with the meta-token columns, dashed over the real columns only (runs with meta tokens)."""

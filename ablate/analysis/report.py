@@ -105,14 +105,19 @@ def execute(name: str, out: Path, parameters: dict, kernel: str) -> dict[str, Pa
 
 
 def write_report(results: str | Path, storage: str | None = None, maps_runs: list[str] | None = None,
-                 kernel: str = "python3") -> dict[str, Path]:
+                 kernel: str = "python3", compare: list[str] | None = None) -> dict[str, Path]:
     results = Path(results).resolve()
     finished_runs(results)  # a clear error before any kernel starts
     out = results / "report"
     out.mkdir(parents=True, exist_ok=True)
     paths = execute("report", out, {"results": str(results), "figures": str(out / "figures"), "storage": storage},
                     kernel)
-    paths |= execute("maps", out, {"results": str(results), "out": str(out / "maps"), "runs": maps_runs}, kernel)
+    probed = [d.name for d in probe_runs(results, maps_runs)]
+    if compare and (len(compare) != 2 or set(compare) - set(probed)):
+        raise ConfigError(f"--compare {','.join(compare)}: allowed: two of the probed runs ({', '.join(probed)}; "
+                          "--maps-runs chooses them)")
+    paths |= execute("maps", out, {"results": str(results), "out": str(out / "maps"), "runs": maps_runs,
+                                   "compare": compare}, kernel)
     paths["figures"] = out / "figures"
     paths["maps"] = out / "maps"
     return paths
