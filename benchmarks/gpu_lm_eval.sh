@@ -12,6 +12,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data
 STUDY_S=${STUDY_S:-480}
+if [ "${CHECK:-1}" = 1 ]; then  # the GPU kernels the study relies on: flex attention, graphed decoding
+  python3 -m pytest -q -p no:cacheprovider tests/ops/test_gpu_kernels.py -k "flex or decoding" 2>&1 | tail -3
+fi
 if [ "${SPEED:-1}" = 1 ]; then
   python3 -m benchmarks.eval_speed --size 125M --device cuda --variants llama,mamba,hymba --limit 200 \
     --batch-size 64 2>&1 | grep -v "WARNING\|For example\|it/s]" | tail -20

@@ -122,12 +122,13 @@ def test_triton_conv_matches_reference(dtype, tol, T, with_state):
 
 @pytest.mark.parametrize("window,n_meta,Dv", [(16, 0, 32), (16, 8, 64), (None, 8, 32)])
 @pytest.mark.parametrize("T,Hkv", [(131, 2), (73, 1)])  # (73, 1) failed to lower before padding
-def test_flex_attention_matches_eager(window, n_meta, Dv, T, Hkv):
+@pytest.mark.parametrize("B", [2, 3])  # 3: padded to 4 rows (one kernel per power of two)
+def test_flex_attention_matches_eager(window, n_meta, Dv, T, Hkv, B):
     from ablate.ops import attention as attn
 
-    q = torch.randn(2, 4, T, 32, device="cuda", requires_grad=True)
-    k = torch.randn(2, Hkv, T, 32, device="cuda", requires_grad=True)
-    v = torch.randn(2, Hkv, T, Dv, device="cuda", requires_grad=True)
+    q = torch.randn(B, 4, T, 32, device="cuda", requires_grad=True)
+    k = torch.randn(B, Hkv, T, 32, device="cuda", requires_grad=True)
+    v = torch.randn(B, Hkv, T, Dv, device="cuda", requires_grad=True)
     pos = torch.arange(T, device="cuda")
     out = attn.attention(q, k, v, pos, pos, window, n_meta, impl="flex")
     ref = attn.attention(q.double(), k.double(), v.double(), pos, pos, window, n_meta, impl="eager")

@@ -9,6 +9,11 @@ Sequences are padded to a multiple of 128 positions: with grouped KV heads and a
 not one (T=70-73 with one KV head, say), torch 2.11's inductor finds no kernel to lower flex
 attention to (NoValidChoicesError), compiled block or not. Padded keys come after every real
 query, so the causal mask hides them; padded queries are dropped.
+
+The batch is padded to a power of two for the same reason as the length is padded: the kernel is
+compiled per shape, and an evaluation that batches prompts by length (lm-eval generation) meets
+every batch size from 1 to its maximum, past the recompile limit, after which dynamo falls back to
+eager flex (30x slower). Padded rows are zeros and are dropped.
 """
 
 from __future__ import annotations
@@ -47,14 +52,15 @@ def block_mask(T: int, window: int | None, n_meta: int, device: str):
 @torch.compiler.disable  # a compiled block calls this as it is: own compiled kernel, cached block mask
 def attention(q: Tensor, k: Tensor, v: Tensor, window: int | None, n_meta: int) -> Tensor:
     """q: (B, H, T, D); k, v: (B, Hkv, T, D|Dv) over the same T positions 0..T-1."""
-    T = q.shape[2]
+    B, T = q.shape[0], q.shape[2]
     padded = -(-T // PAD_TO) * PAD_TO
-    if padded != T:
-        q, k, v = (F.pad(t, (0, 0, 0, padded - T)) for t in (q, k, v))
+    rows = 1 << (B - 1).bit_length()
+    if padded != T or rows != B:
+        q, k, v = (F.pad(t, (0, 0, 0, padded - T, 0, 0, 0, rows - B)) for t in (q, k, v))
     mask = block_mask(padded, window, n_meta, str(q.device))
     flex = _compiled()
     gqa = q.shape[1] != k.shape[1]
     D = q.shape[-1]
     parts = [flex(q, k, v[..., i : i + D], block_mask=mask, enable_gqa=gqa) for i in range(0, v.shape[-1], D)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-    return out[:, :, :T]
+    return out[:B, :, :T]
