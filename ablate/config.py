@@ -140,6 +140,12 @@ class HybridConfig:
         "mean", "how attention and SSM outputs are combined (paper: mean of normed paths)"
     )
     ssm: Literal["mamba", "mamba2"] = knob("mamba", "SSM path of the parallel head (Hymba: mamba)")
+    # The attention:SSM ratio knob: with attention.n_heads set, a sweep matches this width so that
+    # heads given to attention are taken from the SSM at constant size (sweeps/head_ratio.yaml).
+    ssm_inner: int | None = knob(None, "SSM path width of the parallel head (None: the SSM's expand x d_model)")
+
+    def __post_init__(self):
+        require(self, ssm_inner=(1, None))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,9 @@ attention, beta2 for the SSM), then the two are fused and go through one output 
     gate:            out_proj(g * beta1 norm(attn) + (1 - g) * beta2 norm(ssm)),
                      g = sigmoid(gate_proj(input))             (an extra baseline)
 
-The attention:SSM ratio is set by attention.n_heads and the SSM expand. The value head dim
+The attention:SSM ratio is set by attention.n_heads and the SSM width: hybrid.ssm_inner, or the
+SSM's integer expand x d_model when unset (a sweep matches ssm_inner to move width between the
+paths at constant parameters, sweeps/head_ratio.yaml). The value head dim
 defaults to d_inner // n_heads so the attention output is as wide as the SSM output (Hymba:
 v head 128 = 2x the q/k head 64).
 """
@@ -35,13 +37,14 @@ from ablate.registry import MIXERS
 def _ssm_path(cfg: ModelConfig, backends: Backends) -> SSMPath:
     d = cfg.size.d_model
     if cfg.hybrid.ssm == "mamba":
-        return MambaSSM(d, cfg.mamba.expand * d, cfg.mamba, cfg.norm_eps, backends)
-    return Mamba2SSM(cfg.mamba2.expand * d, cfg.mamba2, cfg.norm_eps, backends)
+        return MambaSSM(d, cfg.hybrid.ssm_inner or cfg.mamba.expand * d, cfg.mamba, cfg.norm_eps, backends)
+    return Mamba2SSM(cfg.hybrid.ssm_inner or cfg.mamba2.expand * d, cfg.mamba2, cfg.norm_eps, backends)
 
 
 @MIXERS.register("hybrid")
 class Hybrid(Mixer):
     has_attention, has_ssm = True, True
+    size_knobs = ("hybrid.ssm_inner",)
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, backends: Backends):
         super().__init__()
@@ -101,12 +104,16 @@ class Hybrid(Mixer):
         return self.attn.sequence_flops(seq_len, n_meta) + self.ssm.sequence_flops()
 
     def param_split(self) -> dict[str, int]:
-        """The in_proj rows go to the path they feed; the per-path norms to their path; the
-        output projection (and the gate) is shared."""
+        """The in_proj rows go to the path they feed; the per-path norms to their path. The output
+        projection is shared when it reads the fused sum (mean, sum, gate); under concat its input
+        columns split into the attention's and the SSM's (out = W_a attn + W_s ssm), so each path
+        owns its part. The gate is shared."""
         d = self.in_proj.in_features
         attn = self.attn.in_dim * d
         ssm = self.ssm.in_dim * d + sum(p.numel() for p in self.ssm.parameters())
         shared = self.out_proj.weight.numel()
+        if self.fusion == "concat":
+            attn, ssm, shared = attn + self.attn.out_dim * d, ssm + self.ssm.d_inner * d, 0
         if self.fusion != "sum":
             attn += self.norm_attn.weight.numel()
             ssm += self.norm_ssm.weight.numel()

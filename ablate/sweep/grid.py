@@ -12,8 +12,15 @@
     evaluate: {NAME: {...}}               # evaluations after training (ablate.evaluate), every run
     storage: null   # Optuna RDB URL; default sqlite:///RESULTS/study.db
     results: null   # default results/NAME
+    objectives: [{metric: val/acc}, {metric: cache_mb}]   # the study's values (default: the headline)
+    search: {...}; sampler: {...}; pruner: {...}; n_trials: N    # a search study (sweep/search.py)
+    lr_search: {values: [3.0e-4, 1.0e-3, 3.0e-3], seed: 0}   # each variant at its own best LR:
+        # first every candidate LR per variant (and grid point) at one seed, validated on the task's
+        # selection split (eval_split: selection); then the seeds at the LR whose headline was best,
+        # validated on the test split. The chosen LR is a row key of the table and in every record.
 
-Loading builds and validates every run's config, so a bad sweep file fails before any training.
+Loading builds and validates every run's config, so a bad sweep file fails before any training
+(a search study: its variants at the low and high end of every range).
 """
 
 from __future__ import annotations
@@ -30,11 +37,23 @@ from typing import Any
 from ablate.config import ConfigError, from_dict, knob, load_yaml, nested, override
 from ablate.registry import TASKS
 from ablate.sizing import match
+from ablate.sweep.search import (
+    ObjectiveConfig,
+    PrunerConfig,
+    SamplerConfig,
+    Search,
+    grid_points,
+    parse_space,
+    replace_recipe,
+    replace_section,
+    resolve_objectives,
+    split_keys,
+)
 from ablate.tasks import default_task
 from ablate.train.config import RunConfig, check_model, section
 from ablate.train.identity import differences, identity
 from ablate.train.recipe import RecipeConfig
-from ablate.train.run import read_record
+from ablate.train.run import metric_specs, read_record
 from ablate.train.tracking import WandbConfig
 from ablate.variants import load_variant
 
@@ -52,6 +71,16 @@ class MatchConfig:
     tolerance: float = knob(0.01, "largest allowed relative residual")
     # last: the field name shadows the knob() helper inside this class body
     knob: str = knob("mlp.hidden", "the one knob solved per variant (ablate.sizing.match_knobs)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LRSearchConfig:
+    values: tuple[float, ...] = knob((), "candidate peak learning rates")
+    seed: int = knob(0, "the one seed every candidate trains with")
+
+    def __post_init__(self):
+        if len(self.values) < 2 or any(v <= 0 for v in self.values) or len(set(self.values)) != len(self.values):
+            raise ValueError(f"values = {list(self.values)}: give two or more distinct positive learning rates")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +103,13 @@ class SweepConfig:
     grace_s: int = knob(90, "seconds without a heartbeat after which a point's worker counts as dead and "
                         "the point is re-queued")
     results: str | None = knob(None, "results directory (default results/NAME)")
+    objectives: tuple[ObjectiveConfig, ...] = knob((), "the study's objectives (default: the task's headline)")
+    search: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "key -> range: a search study, where a sampler proposes each trial (sweep/search.py)"})
+    sampler: SamplerConfig = nested(SamplerConfig, "the search's Optuna sampler")
+    pruner: PrunerConfig = nested(PrunerConfig, "the search's Optuna pruner")
+    n_trials: int = knob(0, "trials of a search study")
+    lr_search: LRSearchConfig | None = knob(None, "pick each variant's LR on the selection split first")
 
 
 @dataclass(frozen=True)
@@ -97,7 +133,9 @@ class Point:
 class Sweep:
     cfg: SweepConfig
     path: Path
-    runs: dict[str, tuple[Point, RunConfig]]  # point id -> (point, run config), in grid order
+    runs: dict[str, tuple[Point, RunConfig]]  # point id -> (point, run config), in grid order (a grid)
+    search: Search | None = None  # a search study: its trials' runs come from ``trial_run``
+    sections: dict[str, Any] = field(default_factory=dict)  # each task's section
 
     @property
     def results(self) -> Path:
@@ -133,7 +171,39 @@ class Sweep:
 
     @property
     def labels(self) -> list[str]:
+        if self.search is not None:
+            return [e.label or e.name for e in _entries(self.cfg)]
         return list(dict.fromkeys(p.variant for p, _ in self.runs.values()))
+
+    def grid_params(self, point: Point) -> dict[str, tuple[Any, list]]:
+        """A grid point as trial parameters: name -> (value, every value the grid gives it), with
+        list or mapping values as their JSON text (Optuna's choices are scalars)."""
+        def scalar(v):
+            return json.dumps(v) if isinstance(v, (list, dict)) else v
+        params = {"variant": (point.variant, self.labels), "task": (point.task, list(self.cfg.tasks)),
+                  "seed": (point.seed, list(self.cfg.seeds))}
+        params.update({k: (scalar(v), self.knob_values[k]) for k, v in point.knobs})
+        return params
+
+    @functools.cached_property
+    def knob_values(self) -> dict[str, list]:
+        """Every value each varied key takes over this sweep's points (grid knobs, lr_search LRs)."""
+        values: dict[str, list] = {}
+        for point, _ in self.runs.values():
+            for k, v in point.knobs:
+                v = json.dumps(v) if isinstance(v, (list, dict)) else v
+                if v not in values.setdefault(k, []):
+                    values[k].append(v)
+        return values
+
+    def lr_key(self, point: Point) -> str:
+        """The group of runs that share one chosen LR: variant, task and grid knobs (not the seed)."""
+        knobs = [(k, v) for k, v in point.knobs if k != "recipe.lr" and not k.endswith(".eval_split")]
+        return json.dumps([point.variant, point.task, knobs], default=str)
+
+    def trial_run(self, params: dict[str, Any]) -> tuple[Point, RunConfig]:
+        """The run of a search trial with these values (variant, model, recipe and task keys)."""
+        return _search_run(self.cfg, self.path, self.sections, params)
 
 
 def _entries(cfg: SweepConfig) -> list[VariantEntry]:
@@ -184,7 +254,11 @@ def sweep_path(name_or_path: str | Path) -> Path:
     return shipped
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None) -> Sweep:
+    """The sweep of a file. With ``lr_search``: phase "lr" is its selection sweep (every candidate
+    LR, one seed, the task's selection split; study NAME-lr, results in RESULTS/lr_search); phase
+    "main" needs ``chosen`` (``choose_lrs``: lr_key -> {lr, metric, candidates}) and runs the seeds
+    at each group's chosen LR."""
     path = sweep_path(path)
     raw = load_yaml(path)
     sections = _task_sections(raw, path)
@@ -211,24 +285,128 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, values in cfg.grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{path}: key 'grid.{key}' = {values!r}; allowed: a non-empty list of values")
+    if cfg.search:
+        return Sweep(cfg, path, {}, _check_search(cfg, path, sections), sections)
+    if cfg.n_trials or cfg.pruner.name != "none":
+        raise ConfigError(f"{path}: keys 'n_trials' and 'pruner' belong to a search study (a 'search' section)")
+    if cfg.lr_search is not None and phase == "lr":
+        base = Path(cfg.results or f"results/{cfg.name}")
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-lr", results=str(base / "lr_search"))
     grid_keys = list(cfg.grid)
-    runs = {}
+    runs, models = {}, {}
     for entry in _entries(cfg):
         for values in itertools.product(*(cfg.grid[k] for k in grid_keys)):
             knobs = tuple(zip(grid_keys, values, strict=True))
-            try:
-                model = _model_for(cfg, entry, knobs, str(path))
-            except (ConfigError, ValueError) as err:
-                raise ConfigError(f"{path}: {err}") from None
-            for task, seed in itertools.product(cfg.tasks, cfg.seeds):
-                point = Point(entry.label or entry.name, task, seed, knobs)
-                recipe = dataclasses.replace(cfg.recipe, seed=seed)
-                try:
-                    run = RunConfig(variant=point.variant, model=model, task=task, recipe=recipe,
-                                    data=sections.get(task), evaluate=cfg.evaluate,
-                                    wandb=_wandb_for(cfg, point), tensorboard=cfg.tensorboard,
-                                    grid=dict(knobs))
-                except ConfigError as err:
-                    raise ConfigError(f"{path}: {err}") from None
-                runs[point.id] = (point, run)
-    return Sweep(cfg, path, runs)
+            for task in cfg.tasks:
+                for point, run in _task_runs(cfg, path, sections, entry, knobs, task, phase, chosen, models):
+                    runs[point.id] = (point, run)
+    sweep = Sweep(cfg, path, runs, sections=sections)
+    first = next(iter(runs.values()))[1]
+    resolve_objectives(cfg.objectives, metric_specs(first), str(path))  # names checked before training
+    return sweep
+
+
+def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str, seed: int,
+         recipe_values: dict | None = None, task_values: dict | None = None,
+         models: dict | None = None) -> tuple[Point, RunConfig]:
+    """One run of the sweep: the variant with the model knobs (parameters matched after them), the
+    recipe and the task section with their values set. ``models`` caches the matched model per
+    (variant, knobs) across the tasks and seeds of a grid. -> (its point, its config)."""
+    where = str(path)
+    recipe_values, task_values = recipe_values or {}, task_values or {}
+    try:
+        key = (entry.label or entry.name, json.dumps(knobs, default=str))
+        model = models.get(key) if models is not None else None
+        if model is None:
+            model = _model_for(cfg, entry, knobs, where)
+            if models is not None:
+                models[key] = model
+        recipe = dataclasses.replace(cfg.recipe, seed=seed)
+        if recipe_values:
+            recipe = replace_recipe(recipe, recipe_values, where)
+            recipe.check(where)
+        data = sections.get(task)
+        for name, value in task_values.items():
+            data = replace_section(data if data is not None else TASKS.get(task).config(), name, value, where)
+        # the point names every value that makes it: model knobs, then recipe and task values
+        varied = knobs + tuple((f"recipe.{k}", v) for k, v in recipe_values.items()) + tuple(task_values.items())
+        point = Point(entry.label or entry.name, task, seed, varied)
+        run = RunConfig(variant=point.variant, model=model, task=task, recipe=recipe, data=data,
+                        evaluate=cfg.evaluate, wandb=_wandb_for(cfg, point), tensorboard=cfg.tensorboard,
+                        grid=dict(point.knobs))
+    except (ConfigError, ValueError) as err:
+        raise ConfigError(str(err) if str(err).startswith(where) else f"{where}: {err}") from None
+    return point, run
+
+
+def _search_run(cfg: SweepConfig, path: Path, sections: dict, params: dict) -> tuple[Point, RunConfig]:
+    entries = {e.label or e.name: e for e in _entries(cfg)}
+    model_values, recipe_values, task_values, variant = split_keys(params, list(TASKS.names()))
+    entry = entries[variant] if variant is not None else next(iter(entries.values()))
+    return _run(cfg, path, sections, entry, tuple(model_values.items()), cfg.tasks[0], cfg.seeds[0],
+                recipe_values, task_values)
+
+
+def _check_search(cfg: SweepConfig, path: Path, sections: dict) -> Search:
+    """The file's search, resolved and tried: every variant at the low and at the high end of all
+    ranges (each categorical choice once), so a bad key or an impossible size fails now."""
+    from optuna.distributions import CategoricalDistribution
+
+    where = str(path)
+    if cfg.grid:
+        raise ConfigError(f"{path}: a search study has no 'grid'; make each grid key a categorical "
+                          "parameter of 'search' instead")
+    if len(cfg.tasks) != 1 or len(cfg.seeds) != 1:
+        raise ConfigError(f"{path}: a search trial is one run: give one task and one seed "
+                          f"(got tasks {list(cfg.tasks)}, seeds {list(cfg.seeds)}); repeat the best "
+                          "configuration over seeds with a grid file")
+    if cfg.n_trials < 1:
+        raise ConfigError(f"{path}: key 'n_trials' = {cfg.n_trials}; allowed: >= 1 (trials of the search)")
+    space = parse_space(cfg.search, where)
+    if "variant" in space:
+        raise ConfigError(f"{path}: key 'search.variant': list the variants under 'variants' instead")
+    labels = [e.label or e.name for e in _entries(cfg)]
+    if len(labels) > 1:
+        space = {"variant": CategoricalDistribution(labels), **space}
+    corners = []
+    for end in ("low", "high"):
+        corners.append({k: (d.choices[0 if end == "low" else -1] if isinstance(d, CategoricalDistribution)
+                            else getattr(d, end)) for k, d in space.items()})
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            corners += [{**corners[0], key: choice} for choice in dist.choices[1:-1]]
+    runs = [_search_run(cfg, path, sections, params) for params in corners]
+    objectives = resolve_objectives(cfg.objectives, metric_specs(runs[0][1]), where)
+    if cfg.pruner.name != "none":
+        if len(objectives) > 1:
+            raise ConfigError(f"{path}: key 'pruner': Optuna prunes single-objective studies only; "
+                              f"this one has {len(objectives)} objectives (use pruner: {{name: none}})")
+        if not objectives[0].metric.startswith("val/"):
+            raise ConfigError(f"{path}: key 'pruner': the objective {objectives[0].metric!r} is not a "
+                              "validation metric, so no value exists at each evaluation to prune on")
+    if cfg.sampler.name == "grid":
+        size = len(grid_points(space, cfg.sampler.seed, where))
+        if cfg.n_trials > size:
+            raise ConfigError(f"{path}: key 'n_trials' = {cfg.n_trials}; the grid sampler's grid has {size} points")
+    return Search(space, objectives, cfg.sampler, cfg.pruner, cfg.n_trials)
+
+
+def _task_runs(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str,
+               phase: str, chosen: dict | None, models: dict) -> list[tuple[Point, RunConfig]]:
+    """The runs of one variant, grid point and task: one per seed, or with ``lr_search`` one per
+    candidate LR (phase "lr") or one per seed at the chosen LR (phase "main")."""
+    if cfg.lr_search is None:
+        return [_run(cfg, path, sections, entry, knobs, task, seed, models=models) for seed in cfg.seeds]
+    if phase == "lr":
+        return [_run(cfg, path, sections, entry, knobs, task, cfg.lr_search.seed, {"lr": lr},
+                     {f"{task}.eval_split": "selection"}, models=models) for lr in cfg.lr_search.values]
+    if chosen is None:
+        raise ValueError("an lr_search sweep's main phase needs the chosen LRs (ablate.sweep.launch runs the "
+                         "selection first)")
+    key = json.dumps([entry.label or entry.name, task, list(map(list, knobs))], default=str)
+    choice = chosen[key]
+    runs = []
+    for seed in cfg.seeds:
+        point, run = _run(cfg, path, sections, entry, knobs, task, seed, {"lr": choice["lr"]}, models=models)
+        runs.append((point, dataclasses.replace(run, lr_selection=choice)))
+    return runs

@@ -1,9 +1,11 @@
-"""`ablate sweep FILE --workers N`: enqueue the grid, start N local workers, show progress, and
-end with the results table. The same command on another machine with the same storage URL joins
-the study and takes points from it."""
+"""`ablate sweep FILE --workers N` (`make study STUDY=FILE`): enqueue the grid (or the search's
+trial slots), start N local workers, show progress, and end with the results table (a search: also
+its Pareto front and the optuna-dashboard command). The same command on another machine with the
+same storage URL joins the study and takes points from it."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
@@ -14,7 +16,10 @@ from optuna.trial import TrialState
 
 from ablate.config import ConfigError
 from ablate.sweep.grid import load_sweep
+from ablate.sweep.search import params_text, write_study_files
 from ablate.sweep.study import (
+    choose_lrs,
+    objectives,
     open_storage,
     open_study,
     point_states,
@@ -28,13 +33,27 @@ from ablate.sweep.study import (
 
 def _describe(trial) -> str:
     point = trial.user_attrs.get("point", "?")
+    if "slot" in trial.user_attrs:  # a search trial: its number and proposed values
+        point = f"trial {trial.number} ({params_text(trial.params)})"
     if trial.state == TrialState.FAIL:
         return f"FAILED {point}: {trial.user_attrs.get('reason', 'worker died; retried if it was stale')}"
+    if trial.state == TrialState.PRUNED:
+        return f"pruned {point}: {trial.user_attrs.get('reason', '')}"
     metrics = trial.user_attrs.get("metrics", {})
     shown = {k: metrics[k] for k in trial.user_attrs.get("shown", []) if k in metrics}  # the task's first two
     tps = trial.user_attrs.get("tokens_per_s")
     extra = f", {tps:,.0f} tok/s" if tps else ""
     return f"done   {point}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()) + extra
+
+
+def best_so_far(study) -> str:
+    """The best value (one objective) or the Pareto front's size (several), for the status line."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return ""
+    if len(study.directions) == 1:
+        best = study.best_trial
+        return f"; best {best.value:.4g} (trial {best.number})"
+    return f"; Pareto front: {len(study.best_trials)} trial(s)"
 
 
 def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, int]:
@@ -57,8 +76,10 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
             here, elapsed = len(finished) - done_before, time.time() - started
             left = counts["waiting"] + counts["running"]
             eta = f"; ETA ~{left * elapsed / here / 60:.0f} min" if here else ""
-            print(f"  {counts['complete']} done, {counts['fail']} failed, running: {', '.join(running) or '-'}; "
-                  f"waiting: {counts['waiting']}{eta}", flush=True)
+            pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""
+            print(f"  {counts['complete']} done{pruned}, {counts['fail']} failed, running: "
+                  f"{', '.join(map(str, running)) or '-'}; waiting: {counts['waiting']}{eta}{best_so_far(study)}",
+                  flush=True)
             last_status = time.time()
         if not alive:
             return counts
@@ -87,12 +108,26 @@ def dry_run(sweep_path: str) -> int:
     from ablate.plan import expand
     from ablate.sizing import count_params
 
-    sweep = load_sweep(sweep_path)
+    sweep = load_sweep(sweep_path, phase="lr")  # an lr_search file: its selection runs (the seeds follow)
     knob = sweep.cfg.match.knob if sweep.cfg.match is not None else None
     target = f", matched to {sweep.cfg.match.target:,} non-embedding via {knob}" if knob else ""
-    print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs{target} (vocab as in the variant; a task with "
+    size = f"a search of {sweep.search.n_trials} trials" if sweep.search is not None else f"{len(sweep.runs)} runs"
+    print(f"sweep '{sweep.cfg.name}': {size}{target} (vocab as in the variant; a task with "
           "a tokenizer sets its own at training)")
-    for point_id, (_, cfg) in sweep.runs.items():
+    runs = {point_id: cfg for point_id, (_, cfg) in sweep.runs.items()}
+    if sweep.search is not None:  # a search: its space, and the runs at both ends of every range
+        search = sweep.search
+        print(f"search: {search.n_trials} trials, sampler {search.sampler.name} (seed {search.sampler.seed}), "
+              f"pruner {search.pruner.name}; objectives: "
+              + ", ".join(f"{o.direction} {o.metric}" for o in search.objectives))
+        for key, dist in search.space.items():
+            print(f"  {key}: {dist}")
+        for end in ("low", "high"):
+            params = {k: d.choices[0 if end == "low" else -1] if hasattr(d, "choices") else getattr(d, end)
+                      for k, d in search.space.items()}
+            point, cfg = sweep.trial_run(params)
+            runs[f"{end} end: {point.id}"] = cfg
+    for point_id, cfg in runs.items():
         counts = count_params(cfg.model)
         matched = f", {knob} = {functools.reduce(getattr, knob.split('.'), cfg.model)}" if knob else ""
         print(f"\n{point_id}: {counts.total / 1e6:,.3f}M parameters, {counts.non_embedding:,} non-embedding, "
@@ -104,7 +139,24 @@ def dry_run(sweep_path: str) -> int:
 
 def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
            gpus: list[str] | None = None) -> int:
-    sweep = load_sweep(sweep_path)
+    """Run a sweep file to the end. With ``lr_search``: first its selection sweep (every candidate
+    LR per variant at one seed, on the selection split), then the seeds at each chosen LR."""
+    first = load_sweep(sweep_path, phase="lr")
+    if first.cfg.lr_search is None:
+        return _launch(first, sweep_path, workers, storage_url, gpus)
+    code = _launch(first, sweep_path, workers, storage_url, gpus, phase="lr")
+    storage = open_storage(storage_url or first.storage, first.cfg.heartbeat_s, first.cfg.grace_s)
+    chosen = choose_lrs(first, open_study(first, storage))
+    print(f"\nlearning rates chosen on the selection split ({next(iter(chosen.values()))['metric']}):")
+    for key, choice in chosen.items():
+        values = ", ".join(f"{lr}: {v:.4g}" for lr, v in choice["candidates"].items())
+        print(f"  {' '.join(map(str, json.loads(key)[:2]))} {json.loads(key)[2] or ''}: lr {choice['lr']}  ({values})")
+    main = load_sweep(sweep_path, chosen=chosen)
+    return max(code, _launch(main, sweep_path, workers, storage_url, gpus, chosen=chosen))
+
+
+def _launch(sweep, sweep_path: str, workers: int, storage_url: str | None, gpus: list[str] | None,
+            phase: str = "main", chosen: dict | None = None) -> int:
     changed = sweep.changed_points()
     if changed:
         print(f"sweep '{sweep.cfg.name}': {len(changed)} point(s) changed since their last run; they run again "
@@ -123,12 +175,20 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
     devices = sweep.cfg.recipe.devices
     pinned = gpu_assignment(workers, gpus, devices if isinstance(devices, int) and devices > 1 else 1)
     on_gpus = f", GPUs {', '.join(g or '-' for g in pinned)}" if any(pinned) else ""
-    print(f"sweep '{sweep.cfg.name}': {len(sweep.runs)} runs ({len(sweep.labels)} variants x "
-          f"{len(sweep.cfg.tasks)} tasks x {len(sweep.cfg.seeds)} seeds), {workers} worker(s) x "
+    if sweep.search is not None:
+        search = sweep.search
+        goals = ", ".join(f"{o.direction} {o.metric}" for o in search.objectives)
+        size = (f"{search.n_trials} trials of a {search.sampler.name} search over {', '.join(search.space)} "
+                f"({goals}; pruner {search.pruner.name})")
+    else:
+        size = (f"{len(sweep.runs)} runs ({len(sweep.labels)} variants x {len(sweep.cfg.tasks)} tasks x "
+                f"{len(sweep.cfg.seeds)} seeds)")
+    print(f"sweep '{sweep.cfg.name}': {size}, {workers} worker(s) x "
           f"{threads} thread(s){on_gpus}\n  storage: {redact(url)}\n  results: {sweep.results}", flush=True)
     started = time.time()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads), kwargs={"gpu": gpu}) for gpu in pinned]
+    procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads),
+                         kwargs={"gpu": gpu, "phase": phase, "chosen": chosen}) for gpu in pinned]
     for p in procs:
         p.start()
     monitor(study, procs, set(trial_keys(sweep)))
@@ -137,13 +197,22 @@ def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,
     states = list(point_states(study, sweep).values())
     counts = {s.name.lower(): states.count(s) for s in TrialState}
     dead = [p.exitcode for p in procs if p.exitcode != 0]
-    print(f"\n{counts['complete']} of {len(states)} points complete, {counts['fail']} failed, "
+    pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""
+    print(f"\n{counts['complete']} of {len(states)} points complete{pruned}, {counts['fail']} failed, "
           f"{counts['running']} running elsewhere, {counts['waiting']} waiting; {time.time() - started:.0f} s"
           + (f"; {len(dead)} worker(s) exited with an error (codes {dead})" if dead else ""), flush=True)
     from ablate.analysis.tables import write_tables
 
     paths = write_tables(sweep.results, order=sweep.labels)
     print("\n" + Path(paths["markdown"]).read_text())
+    if sweep.search is not None:
+        study_paths = write_study_files(study, sweep.search, sweep.results)
+        title = "Pareto front" if len(objectives(sweep)) > 1 else "best trial"
+        print(f"{title} ({', '.join(o.metric for o in objectives(sweep))}):\n"
+              f"{Path(study_paths['pareto']).read_text().strip()}\n")
+        paths.update({f"study_{k}": v for k, v in study_paths.items()})
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
     print(f"\nreport (notebooks, figures, maps): make report RESULTS={sweep.results}  (ablate report DIR)")
-    return 0 if counts["complete"] == len(states) and not dead else 1
+    print(f"explore the study: optuna-dashboard {redact(url)}   (pip install 'ablate[dashboard]')")
+    settled = counts["complete"] + counts["pruned"]  # a pruned trial is a finished one
+    return 0 if settled == len(states) and not dead else 1

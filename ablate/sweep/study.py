@@ -13,6 +13,12 @@
   launcher ends only when every point of its file is finished.
 - A run that raises (NaN loss, out of memory, bad config) is told FAIL with its reason and the
   worker moves on.
+- Every trial carries its values as Optuna parameters (a grid point's variant, task, seed and
+  knobs as categorical ones), so optuna-dashboard, ``trials_dataframe`` and Optuna's plots show
+  them, and its values are the file's objectives (default: the task's headline metric).
+- A search study (``sweep.search``) enqueues ``n_trials`` empty slots instead of points; the
+  sampler proposes a slot's values when a worker opens it (``run_trial``), and the pruner can
+  stop it at any evaluation (told PRUNED, with its partial metrics and checkpoint kept).
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ import time
 import warnings
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from ablate.config import ConfigError
-from ablate.registry import TASKS
 from ablate.sweep.grid import Sweep, load_sweep
-from ablate.train.run import train
+from ablate.sweep.search import Objective, grid_points, resolve_objectives, suggest
+from ablate.train.run import metric_specs, read_record, train
 
 HEARTBEAT_S = 20
 GRACE_S = 90
@@ -80,26 +87,62 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None))
 
 
+def objectives(sweep: Sweep) -> list[Objective]:
+    if sweep.search is not None:
+        return sweep.search.objectives
+    first = next(iter(sweep.runs.values()))[1]
+    return resolve_objectives(sweep.cfg.objectives, metric_specs(first), str(sweep.path))
+
+
 def open_study(sweep: Sweep, storage: RDBStorage) -> optuna.Study:
-    """Create or join the study and enqueue every point of this file that has no trial yet.
-    Enqueuing is idempotent and serialised (``file_lock``), so any start may do it: a launcher
-    killed between creating the study and enqueuing leaves nothing wedged."""
+    """Create or join the study and enqueue every point (a grid) or trial slot (a search) of this
+    file that has no trial yet. Enqueuing is idempotent and serialised (``file_lock``), so any
+    start may do it: a launcher killed between creating the study and enqueuing leaves nothing
+    wedged. A stored study with other objective directions is an error, not a silent mix."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, direction="maximize",
-                                load_if_exists=True)
-    if not set(trial_keys(sweep)) <= set(study.user_attrs.get("points", [])):  # new, or the file changed
+    directions = [o.direction for o in objectives(sweep)]
+    search = sweep.search
+    study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, directions=directions,
+                                load_if_exists=True,
+                                pruner=search.pruner.build(_max_steps(sweep)) if search else None)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise ConfigError(f"{sweep.path}: study '{sweep.cfg.name}' in {redact(storage.url)} optimises {stored}; "
+                          f"this file's objectives ask {directions}. Give the study another name (key 'name') "
+                          "or another storage (key 'storage').")
+    if search is not None:
+        if len(slots(study)) < search.n_trials:
+            grid = grid_points(search.space, search.sampler.seed, str(sweep.path)) \
+                if search.sampler.name == "grid" else None
+            with file_lock(storage.url, "enqueue"):
+                for slot in sorted(set(range(search.n_trials)) - slots(study)):
+                    study.enqueue_trial(grid[slot] if grid else {}, user_attrs={"slot": slot})
+    elif not set(trial_keys(sweep)) <= set(study.user_attrs.get("points", [])):  # new, or the file changed
         with file_lock(storage.url, "enqueue"):
             _enqueue_missing(study, sweep)
     return study
 
 
+def _max_steps(sweep: Sweep) -> int:
+    recipe = sweep.cfg.recipe
+    return recipe.max_steps if recipe.token_budget is None else max(1, recipe.token_budget // recipe.batch_size)
+
+
+def slots(study: optuna.Study) -> set[int]:
+    return {t.user_attrs["slot"] for t in study.get_trials(deepcopy=False) if "slot" in t.user_attrs}
+
+
 def trial_keys(sweep: Sweep) -> dict[str, str]:
     """'point id#config hash' of every point: a changed configuration is a new key, so its point
-    runs again and a trial of the old version is never taken for it."""
+    runs again and a trial of the old version is never taken for it. A search study: its slots."""
+    if sweep.search is not None:
+        return {f"slot{i}": f"slot{i}" for i in range(sweep.search.n_trials)}
     return {f"{point_id}#{sweep.config_hash(point_id)}": point_id for point_id in sweep.runs}
 
 
 def trial_key(trial) -> str:
+    if "slot" in trial.user_attrs:
+        return f"slot{trial.user_attrs['slot']}"
     return f"{trial.user_attrs.get('point')}#{trial.user_attrs.get('config_hash')}"
 
 
@@ -113,14 +156,19 @@ def _enqueue_missing(study: optuna.Study, sweep: Sweep) -> None:
 
 
 def requeue_failed(study: optuna.Study, storage: RDBStorage, sweep: Sweep) -> list[str]:
-    """A new start retries the points whose runs failed before (an evaluation's data missing, an
-    out-of-memory): each gets one new WAITING trial and its run resumes from its checkpoint.
-    Within one start a failed point is not retried, so a run that always fails costs one attempt
-    per start. -> the re-queued point ids."""
+    """A new start retries the points (or search slots) whose runs failed before (an evaluation's
+    data missing, an out-of-memory): each gets one new WAITING trial with the same parameters and
+    its run resumes from its checkpoint. Within one start a failed point is not retried, so a run
+    that always fails costs one attempt per start. -> the re-queued point ids."""
     with file_lock(storage.url, "enqueue"):
         failed = [p for p, state in point_states(study, sweep).items() if state == TrialState.FAIL]
+        last = {trial_key(t): t for t in study.get_trials(deepcopy=False)}  # the newest attempt of each
         for point_id in failed:
-            study.enqueue_trial({}, user_attrs={"point": point_id, "config_hash": sweep.config_hash(point_id)})
+            if sweep.search is not None:
+                t = last.get(point_id)
+                study.enqueue_trial(t.params if t else {}, user_attrs={"slot": int(point_id[len("slot"):])})
+            else:
+                study.enqueue_trial({}, user_attrs={"point": point_id, "config_hash": sweep.config_hash(point_id)})
     return failed
 
 
@@ -188,12 +236,25 @@ class Heartbeat:
         self.thread.join()
 
 
-def objective(record: dict) -> float:
-    """The run's task headline metric as a value to maximise (the study's one direction)."""
-    return TASKS.get(record["task"]).objective(record["metrics"])
+def finish(study, storage, trial_id: int, number: int, record: dict, sweep: Sweep) -> None:
+    """Tell the trial its values (or PRUNED) and keep what the progress lines and tables show."""
+    storage.set_trial_user_attr(trial_id, "metrics", record.get("metrics", {}))
+    storage.set_trial_user_attr(trial_id, "shown", [m["name"] for m in record["metric_specs"][:2]])
+    storage.set_trial_user_attr(trial_id, "tokens_per_s", record.get("tokens_per_s"))
+    if record["status"] == "pruned":
+        storage.set_trial_user_attr(trial_id, "reason", record.get("reason"))
+        study.tell(number, state=TrialState.PRUNED)
+        return
+    study.tell(number, [o.value(record) for o in objectives(sweep)])
+
+
+def failed(study, storage, trial_id: int, number: int, err: Exception) -> None:
+    storage.set_trial_user_attr(trial_id, "reason", f"{type(err).__name__}: {err}"[:2000])
+    study.tell(number, state=TrialState.FAIL)
 
 
 def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> None:
+    """A grid point: its variant, task, seed and knobs become the trial's (categorical) parameters."""
     trial_id, number, key = claimed
     point_id = trial_keys(sweep).get(key)
     if point_id is None:
@@ -202,18 +263,62 @@ def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
         study.tell(number, state=TrialState.FAIL)
         return
     point, cfg = sweep.runs[point_id]
+    for name, (value, choices) in sweep.grid_params(point).items():
+        dist = CategoricalDistribution(choices)
+        storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
     storage.set_trial_user_attr(trial_id, "run_dir", str(sweep.run_dir(point)))
     with Heartbeat(storage, trial_id, sweep.cfg.heartbeat_s):
         try:  # the file is authoritative: a run of an older version of the point is moved aside
             record = train(cfg, sweep.run_dir(point), replace=True)
         except Exception as err:  # the sweep goes on; the reason stays in the study and run.json
-            storage.set_trial_user_attr(trial_id, "reason", f"{type(err).__name__}: {err}"[:2000])
-            study.tell(number, state=TrialState.FAIL)
+            failed(study, storage, trial_id, number, err)
             return
-    storage.set_trial_user_attr(trial_id, "metrics", record["metrics"])
-    storage.set_trial_user_attr(trial_id, "shown", [m["name"] for m in record["metric_specs"][:2]])
-    storage.set_trial_user_attr(trial_id, "tokens_per_s", record["tokens_per_s"])
-    study.tell(number, objective(record))
+    finish(study, storage, trial_id, number, record, sweep)
+
+
+def run_trial(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> None:
+    """A search slot: the sampler proposes its values (a re-queued slot keeps its old ones), the
+    run trains with the pruner watching its first objective at every evaluation."""
+    trial_id, number, _ = claimed
+    search = sweep.search
+    study.sampler = search.sampler.build(number, search.space)
+    trial = optuna.Trial(study, trial_id)
+    try:
+        params = suggest(trial, search.space)
+        point, cfg = sweep.trial_run(params)
+    except Exception as err:  # e.g. a proposed size that the heads do not divide
+        failed(study, storage, trial_id, number, err)
+        return
+    run_dir = sweep.run_dir(point)
+    storage.set_trial_user_attr(trial_id, "point", point.id)
+    storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir))
+    previous = read_record(run_dir)
+    if previous is not None and previous.get("status") == "pruned" and previous.get("config_hash") == \
+            sweep_hash(cfg):  # these values were tried and pruned: the same run, not run twice
+        finish(study, storage, trial_id, number, previous, sweep)
+        return
+    metric = search.objectives[0]
+
+    def should_stop(step: int, metrics: dict) -> bool:
+        if metric.metric not in metrics:
+            return False
+        trial.report(metrics[metric.metric], step)
+        return trial.should_prune()
+
+    with Heartbeat(storage, trial_id, sweep.cfg.heartbeat_s):
+        try:  # a finished run of the same values is returned as it is (train skips it)
+            record = train(cfg, run_dir, replace=True,
+                           should_stop=should_stop if search.pruner.name != "none" else None)
+        except Exception as err:
+            failed(study, storage, trial_id, number, err)
+            return
+    finish(study, storage, trial_id, number, record, sweep)
+
+
+def sweep_hash(cfg) -> str:
+    from ablate.train.identity import identity
+
+    return identity(cfg)[1]
 
 
 def quiet_training_logs() -> None:
@@ -224,11 +329,12 @@ def quiet_training_logs() -> None:
 
 
 def worker(sweep_path: str, storage_url: str | None = None, threads: int | None = None,
-           poll_s: float = 5.0, gpu: str | None = None) -> int:
+           poll_s: float = 5.0, gpu: str | None = None, phase: str = "main", chosen: dict | None = None) -> int:
     """Take points until every point of the file is finished; returns how many this worker ran.
     A worker outlives points running elsewhere: if their worker died, their heartbeat goes stale
     after the grace period, the point is re-queued, and this worker runs (resumes) it. ``gpu``
-    pins the worker to one GPU (set before CUDA starts in this process; runs record it)."""
+    pins the worker to one GPU (set before CUDA starts in this process; runs record it). ``phase``
+    and ``chosen``: which sweep of an lr_search file (``load_sweep``)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
@@ -236,7 +342,7 @@ def worker(sweep_path: str, storage_url: str | None = None, threads: int | None 
     if threads:
         torch.set_num_threads(threads)
     quiet_training_logs()
-    sweep = load_sweep(sweep_path)
+    sweep = load_sweep(sweep_path, phase, chosen)
     storage = open_storage(storage_url or sweep.storage, sweep.cfg.heartbeat_s, sweep.cfg.grace_s)
     study = open_study(sweep, storage)
     done = 0
@@ -244,7 +350,7 @@ def worker(sweep_path: str, storage_url: str | None = None, threads: int | None 
         fail_stale_trials(study)  # a dead worker's point goes back to WAITING (heartbeat grace passed)
         claimed = claim(study, storage)
         if claimed is not None:
-            run_point(study, storage, sweep, claimed)
+            (run_trial if sweep.search is not None else run_point)(study, storage, sweep, claimed)
             done += 1
         elif unfinished(study, sweep):  # running elsewhere, or dead and not yet stale: wait for it
             time.sleep(min(poll_s, sweep.cfg.grace_s))
@@ -253,19 +359,44 @@ def worker(sweep_path: str, storage_url: str | None = None, threads: int | None 
 
 
 def point_states(study: optuna.Study, sweep: Sweep) -> dict[str, TrialState]:
-    """Each point of this file: COMPLETE if any trial of it completed, else RUNNING or WAITING if
-    one is, else FAIL (its trials failed). Failed attempts of a point that later completed (a
-    killed worker's, a re-queued one's) do not make the point failed."""
+    """Each point (search slot) of this file: COMPLETE or PRUNED if a trial of it ended so, else
+    RUNNING or WAITING if one is, else FAIL (its trials failed). Failed attempts of a point that
+    later completed (a killed worker's, a re-queued one's) do not make the point failed."""
     by_key: dict[str, set[TrialState]] = {}
     for t in study.get_trials(deepcopy=False):
         by_key.setdefault(trial_key(t), set()).add(t.state)
     states = {}
     for key, point_id in trial_keys(sweep).items():
         seen = by_key.get(key, set())
-        states[point_id] = next((s for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-                                 if s in seen), TrialState.FAIL)
+        states[point_id] = next((s for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                             TrialState.WAITING) if s in seen), TrialState.FAIL)
     return states
 
 
 def unfinished(study: optuna.Study, sweep: Sweep) -> bool:
     return any(s in (TrialState.RUNNING, TrialState.WAITING) for s in point_states(study, sweep).values())
+
+
+def choose_lrs(sweep: Sweep, study: optuna.Study) -> dict[str, dict]:
+    """Each group's (variant, task, grid knobs) best candidate LR of an lr_search's selection sweep,
+    by the task's headline metric on the selection split: lr_key -> {lr, metric, direction,
+    candidates: {lr: value}}. A candidate that failed (diverged) is left out; a group with none
+    left is an error."""
+    first = next(iter(sweep.runs.values()))[1]
+    head = metric_specs(first)[0]
+    values: dict[str, dict[float, float]] = {}
+    for t in study.get_trials(deepcopy=False):
+        point_id = trial_keys(sweep).get(trial_key(t))
+        if t.state == TrialState.COMPLETE and point_id is not None:
+            point, cfg = sweep.runs[point_id]
+            values.setdefault(sweep.lr_key(point), {})[cfg.recipe.lr] = t.user_attrs["metrics"][head["name"]]
+    chosen = {}
+    for point, _ in sweep.runs.values():
+        key = sweep.lr_key(point)
+        candidates = values.get(key)
+        if not candidates:
+            raise RuntimeError(f"lr_search: every candidate learning rate of {key} failed; see {sweep.results}")
+        pick = (max if head["direction"] == "maximize" else min)(candidates, key=candidates.get)
+        chosen[key] = {"lr": pick, "metric": head["name"], "direction": head["direction"],
+                       "candidates": {str(lr): v for lr, v in sorted(candidates.items())}}
+    return chosen

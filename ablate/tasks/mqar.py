@@ -11,8 +11,10 @@ given by a gap drawn without replacement with p(gap = i) ~ a i^(a - 1) (a = 0.01
 gaps). Fillers are uniform over the whole vocabulary. The label at a query key is its value (the
 next token); every other label is -100. Accuracy is measured at query positions only.
 
-Train and test sets are drawn from disjoint seeds (train < 2^31 <= test), and every generated
-segment is cached on disk by a hash of everything that defines it.
+Train, test and selection sets are drawn from disjoint seed ranges (train < 2^31 <= test < 2^32
+<= selection), and every generated segment is cached on disk by a hash of everything that defines
+it. ``eval_split: selection`` validates on the test grid's segments drawn from the selection range:
+a study picks hyperparameters there (``lr_search``) and reports on the test draws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -62,6 +65,8 @@ class MQARConfig:
         "test grid (longer sequences and more pairs than training measure extrapolation)",
     )
     data_seed: int = knob(123, "base seed of the generated data (same for every run of a study)")
+    eval_split: Literal["test", "selection"] = knob(
+        "test", "what validation measures: the test draws, or the selection draws (hyperparameter choice)")
     eval_batch_size: int = knob(128, "batch size for evaluation")
     cache_dir: str = knob(".cache/mqar", "where generated segments are cached", identity=False)
 
@@ -121,10 +126,12 @@ def cached_segment(seg: Segment, cfg: MQARConfig, seed: int) -> tuple[torch.Tens
     return inputs, labels
 
 
+SPLIT_OFFSETS = {"train": 0, "test": 1 << 31, "selection": 1 << 32}
+
+
 def split_seed(cfg: MQARConfig, split: str, index: int) -> int:
-    """Disjoint seed ranges: train in [0, 2^31), test in [2^31, 2^32)."""
-    base = (cfg.data_seed * 1009 + index) % (1 << 31)
-    return base if split == "train" else (1 << 31) + base
+    """Disjoint seed ranges: train in [0, 2^31), test in [2^31, 2^32), selection in [2^32, 2^32 + 2^31)."""
+    return SPLIT_OFFSETS[split] + (cfg.data_seed * 1009 + index) % (1 << 31)
 
 
 class MQARData(L.LightningDataModule):
@@ -150,7 +157,7 @@ class MQARData(L.LightningDataModule):
             by_length.setdefault(seg.seq_len, []).append(data)
         self.train_sets = [TensorDataset(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
                            for parts in by_length.values()]
-        self.test_sets = [TensorDataset(*cached_segment(s, self.cfg, split_seed(self.cfg, "test", i)))
+        self.test_sets = [TensorDataset(*cached_segment(s, self.cfg, split_seed(self.cfg, self.cfg.eval_split, i)))
                           for i, s in enumerate(self.cfg.test)]
 
     def train_dataloader(self) -> DataLoader:

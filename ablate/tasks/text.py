@@ -19,6 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -35,6 +36,10 @@ class TextConfig:
     train: tuple[str, ...] = knob(
         (), "training sources: paths/globs (.txt/.jsonl/.parquet[.gz]) or hf:NAME[:CONFIG]:SPLIT")
     val: tuple[str, ...] = knob((), "validation sources (each reported separately)")
+    selection: tuple[str, ...] = knob((), "sources a study selects hyperparameters on (eval_split: selection); "
+                                      "never the val sources")
+    eval_split: Literal["test", "selection"] = knob(
+        "test", "what validation measures: the val sources (test), or the selection sources")
     text_field: str = knob("text", "field holding the text in .jsonl / .parquet / HF rows")
     tokenizer: str = knob("bpe", "bpe (trained on the training text) or hf:NAME")
     vocab_size: int = knob(4096, "BPE vocabulary size")
@@ -164,16 +169,23 @@ class TextData(L.LightningDataModule):
         super().__init__()
         if not cfg.train or not cfg.val:
             raise ConfigError("text task: give text.train and text.val sources")
+        if cfg.eval_split == "selection" and not cfg.selection:
+            raise ConfigError("text task: eval_split 'selection' (a study's lr_search) needs text.selection sources, "
+                              "held apart from text.val")
+        if set(cfg.selection) & set(cfg.val) or set(cfg.selection) & set(cfg.train):
+            raise ConfigError("text task: text.selection shares a source with text.val or text.train; "
+                              "selection must be held apart from both")
+        evaluated = cfg.selection if cfg.eval_split == "selection" else cfg.val
         self.cfg, self.batch_size, self.steps_per_epoch, self.seed = cfg, batch_size, steps_per_epoch, seed
         train_text = "\n".join(read_source(s, cfg.text_field) for s in cfg.train)
         self.tokenizer = load_tokenizer(cfg, train_text)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.train_tokens = encode(self.tokenizer, train_text, cfg.cache_dir)
         self.val_tokens = []
-        for source in cfg.val:
+        for source in evaluated:
             tokens = encode(self.tokenizer, read_source(source, cfg.text_field), cfg.cache_dir)
             self.val_tokens.append(tokens[: cfg.max_val_tokens] if cfg.max_val_tokens else tokens)
-        self.val_names = [Path(s).name.split(".")[0] or s for s in cfg.val]
+        self.val_names = [Path(s).name.split(".")[0] or s for s in evaluated]
         self.seq_len = cfg.seq_len
 
     def train_dataloader(self) -> DataLoader:

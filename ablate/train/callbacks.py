@@ -111,3 +111,21 @@ class EvalCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp, weights_only=False)  # the full state (optimizer, loops); rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+
+
+class StopCheck(L.Callback):
+    """Asks ``should_stop(step, metrics)`` after every evaluation (after the checkpoint is written,
+    so a stopped run keeps it) and stops training when it says so; ``stopped_at`` is then the step.
+    A search study's pruner decides through it (``ablate.sweep.search``); the run records its
+    metrics so far with status "pruned"."""
+
+    def __init__(self, should_stop):
+        self.should_stop, self.stopped_at = should_stop, None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if self.should_stop(trainer.global_step, metrics):
+            self.stopped_at = trainer.global_step
+            trainer.should_stop = True

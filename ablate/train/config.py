@@ -44,6 +44,9 @@ class RunConfig:
     # rows by the knobs without the sweep file; the values are in `model` already, so not identity
     grid: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "the sweep grid's knobs of this run: model key -> value (set by the sweep)", "identity": False})
+    # a sweep's lr_search: the candidates' selection-split values and the chosen LR (in `recipe`)
+    lr_selection: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "how the sweep chose recipe.lr (lr_search): metric, candidates -> value, chosen", "identity": False})
 
     def __post_init__(self):  # resolve the task's and the evaluations' sections through the registries
         task = TASKS.get(self.task)

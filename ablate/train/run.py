@@ -37,7 +37,7 @@ from ablate.ops.backends import BackendError, resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
-from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, Throughput
+from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, StopCheck, Throughput
 from ablate.train.config import RunConfig
 from ablate.train.identity import check_identity, identity
 from ablate.train.module import LitLM
@@ -179,9 +179,13 @@ def make_trainer(**kwargs) -> L.Trainer:
         raise ConfigError(f"recipe (accelerator, devices, strategy, precision): {err}") from None
 
 
-def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False) -> dict:
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False,
+          should_stop=None) -> dict:
     """Train (or resume, or skip if finished) one run; returns its record. A directory that holds
-    a run of another configuration is a RunConflict, or with ``replace`` is moved aside first."""
+    a run of another configuration is a RunConflict, or with ``replace`` is moved aside first.
+    ``should_stop(step, val metrics) -> bool``, asked after every evaluation, ends training early
+    (a study's pruner): the record then has status "pruned", its metrics so far and its checkpoint,
+    and no evaluations run."""
     run_dir = Path(run_dir)
     previous = check_identity(run_dir, read_record(run_dir), cfg, replace)
     if previous and previous.get("status") == "finished":
@@ -231,6 +235,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     # an attempt that trains no step (it resumed at the end, e.g. to redo a failed evaluation)
     # measures no speed: the attempt that trained keeps its figure
     throughput = Throughput()
+    stop_check = StopCheck(should_stop) if should_stop is not None else None
 
     def tokens_per_s() -> float | None:
         return throughput.tokens_per_s or (previous or {}).get("tokens_per_s")
@@ -245,7 +250,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
             accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
             precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
             logger=loggers, log_every_n_steps=min(10, steps_per_epoch),
-            callbacks=[throughput, EvalCheckpoint(ckpt_dir / "last.ckpt"),
+            callbacks=[throughput, EvalCheckpoint(ckpt_dir / "last.ckpt"),  # the checkpoint first, then
+                       *([stop_check] if stop_check else []),        # a stop decision keeps it
                        *([StepProgressBar()] if progress else [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             enable_checkpointing=False,  # EvalCheckpoint writes the one checkpoint a run keeps
@@ -258,6 +264,12 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         check_checkpoint(last)
         # weights_only: a checkpoint holds tensors and plain values only, so none can run code on load
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+        if stop_check is not None and stop_check.stopped_at is not None:
+            record.update(status="pruned", reason=f"stopped at step {stop_check.stopped_at} of {max_steps} "
+                          "(the study's pruner)", tokens_per_s=tokens_per_s(), steps=trainer.global_step,
+                          metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+            write_record(run_dir, record)
+            return record
         if trainer.global_step < max_steps:
             raise RuntimeError(f"training stopped at step {trainer.global_step} of {max_steps}")
         if not any(k.startswith("val/") for k in trainer.callback_metrics):  # resumed at the very end
