@@ -57,3 +57,24 @@ def test_a_killed_sweep_on_postgresql_resumes_and_completes(postgres_url, tmp_pa
     url, server = postgres_url
     server.psql("CREATE DATABASE killed OWNER ablate;")
     kill_and_resume(tmp_path, url.replace("/studies?", "/killed?"))
+
+
+def test_three_workers_run_a_search_study_on_postgresql_exactly_n_trials(postgres_url, tmp_path):
+    url, server = postgres_url
+    server.psql("CREATE DATABASE search OWNER ablate;")
+    url = url.replace("/studies?", "/search?")
+    path = write_sweep(tmp_path, name="s", variants=["llama"], seeds=[0], n_trials=6,
+                       search={"recipe.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                               "mlp.hidden": {"type": "int", "low": 32, "high": 96, "step": 8}},
+                       objectives=[{"metric": "val/acc"}, {"metric": "tokens_per_s"}],
+                       sampler={"name": "nsga2", "seed": 0, "population_size": 4})
+    assert launch(str(path), workers=3, storage_url=url) == 0
+    study = optuna.load_study(study_name="s", storage=url.replace("postgresql://", "postgresql+psycopg://"))
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert sorted(t.user_attrs["slot"] for t in trials) == list(range(6))
+    runs = [json.loads(p.read_text()) for p in (load_sweep(path).results / "runs").glob("*/run.json")]
+    assert all(r["attempts"] == 1 for r in runs)  # a repeated proposal reuses its run, never trains it twice
+    assert {json.dumps(t.params, sort_keys=True) for t in trials} == \
+        {json.dumps({"mlp.hidden": r["config"]["model"]["mlp"]["hidden"], "recipe.lr": r["config"]["recipe"]["lr"]},
+                    sort_keys=True) for r in runs}

@@ -176,25 +176,20 @@ class Sweep:
         return list(dict.fromkeys(p.variant for p, _ in self.runs.values()))
 
     def grid_params(self, point: Point) -> dict[str, tuple[Any, list]]:
-        """A grid point as trial parameters: name -> (value, every value the grid gives it), with
+        """A grid point as trial parameters: name -> (value, every value this sweep gives it), with
         list or mapping values as their JSON text (Optuna's choices are scalars)."""
-        def scalar(v):
-            return json.dumps(v) if isinstance(v, (list, dict)) else v
-        params = {"variant": (point.variant, self.labels), "task": (point.task, list(self.cfg.tasks)),
-                  "seed": (point.seed, list(self.cfg.seeds))}
-        params.update({k: (scalar(v), self.knob_values[k]) for k, v in point.knobs})
-        return params
+        return {name: (value, self.param_choices[name]) for name, value in _point_params(point).items()}
 
     @functools.cached_property
-    def knob_values(self) -> dict[str, list]:
-        """Every value each varied key takes over this sweep's points (grid knobs, lr_search LRs)."""
-        values: dict[str, list] = {}
+    def param_choices(self) -> dict[str, list]:
+        """Every value each trial parameter takes over this sweep's points: variant, task, seed,
+        the grid knobs and any LR an lr_search sets."""
+        choices: dict[str, list] = {}
         for point, _ in self.runs.values():
-            for k, v in point.knobs:
-                v = json.dumps(v) if isinstance(v, (list, dict)) else v
-                if v not in values.setdefault(k, []):
-                    values[k].append(v)
-        return values
+            for name, value in _point_params(point).items():
+                if value not in choices.setdefault(name, []):
+                    choices[name].append(value)
+        return choices
 
     def lr_key(self, point: Point) -> str:
         """The group of runs that share one chosen LR: variant, task and grid knobs (not the seed)."""
@@ -204,6 +199,12 @@ class Sweep:
     def trial_run(self, params: dict[str, Any]) -> tuple[Point, RunConfig]:
         """The run of a search trial with these values (variant, model, recipe and task keys)."""
         return _search_run(self.cfg, self.path, self.sections, params)
+
+
+def _point_params(point: Point) -> dict[str, Any]:
+    params = {"variant": point.variant, "task": point.task, "seed": point.seed}
+    params.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in point.knobs})
+    return params
 
 
 def _entries(cfg: SweepConfig) -> list[VariantEntry]:

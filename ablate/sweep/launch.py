@@ -68,7 +68,8 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
         for t in finished:
             if t.number not in reported:
                 reported.add(t.number)
-                print(f"[{len(reported)}/{len(trials)}] {_describe(t)}", flush=True)
+                best = best_so_far(study) if "slot" in t.user_attrs else ""  # a search: how it stands
+                print(f"[{len(reported)}/{len(trials)}] {_describe(t)}{best}", flush=True)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         done_before = len(finished) if done_before is None else done_before
         if time.time() - last_status > 60 and alive:
@@ -212,7 +213,7 @@ def _launch(sweep, sweep_path: str, workers: int, storage_url: str | None, gpus:
               f"{Path(study_paths['pareto']).read_text().strip()}\n")
         paths.update({f"study_{k}": v for k, v in study_paths.items()})
     print("files:\n" + "\n".join(f"  {k}: {v}" for k, v in paths.items()))
-    print(f"\nreport (notebooks, figures, maps): make report RESULTS={sweep.results}  (ablate report DIR)")
-    print(f"explore the study: optuna-dashboard {redact(url)}   (pip install 'ablate[dashboard]')")
+    print(f"\nexplore the study: optuna-dashboard {redact(url)}   (pip install 'ablate[dashboard]')")
+    print(f"report (notebooks, figures, maps): make report RESULTS={sweep.results}  (ablate report DIR)")
     settled = counts["complete"] + counts["pruned"]  # a pruned trial is a finished one
     return 0 if settled == len(states) and not dead else 1
