@@ -37,7 +37,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from ablate.config import ConfigError, from_dict, knob
+from ablate.config import ConfigError, from_dict, knob, override
 
 Direction = Literal["maximize", "minimize"]
 
@@ -186,12 +186,13 @@ class PrunerConfig:
     n_warmup_steps: int = knob(0, "median: steps before a trial can be pruned")
     reduction_factor: int = knob(3, "hyperband: keep 1/factor of the trials at each rung")
 
-    def build(self, max_steps: int) -> optuna.pruners.BasePruner:
+    def build(self) -> optuna.pruners.BasePruner:
         if self.name == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
                                                n_warmup_steps=self.n_warmup_steps)
         if self.name == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps,
+            # resources are training steps; "auto": the first trial's last reported step
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto",
                                                   reduction_factor=self.reduction_factor)
         return optuna.pruners.NopPruner()
 
@@ -302,16 +303,12 @@ def split_keys(params: dict[str, Any], tasks: list[str]) -> tuple[dict, dict, di
 
 
 def replace_recipe(recipe, values: dict, where: str):
-    from ablate.config import override
-
     for key, value in values.items():
         recipe = override(recipe, key, value, where=where, _prefix="recipe.")
     return recipe
 
 
 def replace_section(section, key: str, value, where: str):
-    from ablate.config import override
-
     task, _, rest = key.partition(".")
     if section is None or not dataclasses.is_dataclass(section):
         raise ConfigError(f"{where}: key 'search.{key}': task '{task}' has no section to set '{rest}' in")

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 from ablate.config import ConfigError
 from ablate.sweep.grid import Sweep, load_sweep
 from ablate.sweep.search import Objective, grid_points, resolve_objectives, suggest
+from ablate.train.identity import identity
 from ablate.train.run import metric_specs, read_record, train
 
 HEARTBEAT_S = 20
@@ -104,7 +105,7 @@ def open_study(sweep: Sweep, storage: RDBStorage) -> optuna.Study:
     search = sweep.search
     study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, directions=directions,
                                 load_if_exists=True,
-                                pruner=search.pruner.build(_max_steps(sweep)) if search else None)
+                                pruner=search.pruner.build() if search else None)
     stored = [d.name.lower() for d in study.directions]
     if stored != directions:
         raise ConfigError(f"{sweep.path}: study '{sweep.cfg.name}' in {redact(storage.url)} optimises {stored}; "
@@ -121,11 +122,6 @@ def open_study(sweep: Sweep, storage: RDBStorage) -> optuna.Study:
         with file_lock(storage.url, "enqueue"):
             _enqueue_missing(study, sweep)
     return study
-
-
-def _max_steps(sweep: Sweep) -> int:
-    recipe = sweep.cfg.recipe
-    return recipe.max_steps if recipe.token_budget is None else max(1, recipe.token_budget // recipe.batch_size)
 
 
 def slots(study: optuna.Study) -> set[int]:
@@ -294,7 +290,7 @@ def run_trial(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
     storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir))
     previous = read_record(run_dir)
     if previous is not None and previous.get("status") == "pruned" and previous.get("config_hash") == \
-            sweep_hash(cfg):  # these values were tried and pruned: the same run, not run twice
+            identity(cfg)[1]:  # these values were tried and pruned: the same run, not run twice
         finish(study, storage, trial_id, number, previous, sweep)
         return
     metric = search.objectives[0]
@@ -313,12 +309,6 @@ def run_trial(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
             failed(study, storage, trial_id, number, err)
             return
     finish(study, storage, trial_id, number, record, sweep)
-
-
-def sweep_hash(cfg) -> str:
-    from ablate.train.identity import identity
-
-    return identity(cfg)[1]
 
 
 def quiet_training_logs() -> None:
