@@ -93,8 +93,8 @@ def test_analysis_imports_no_model_code():
 
 
 def test_study_plots_draw_what_the_study_has(tmp_path):
-    """Searched parameters give an importance plot, two objectives a Pareto front; a grid-only study
-    (enqueued points, no parameters) gets its history and the reasons for the rest."""
+    """Searched parameters give an importance plot, two objectives a Pareto front; a study whose
+    trials have no parameters gets its history and the reasons for the rest."""
     import optuna
 
     from ablate.analysis.study import study_plots
@@ -113,6 +113,6 @@ def test_study_plots_draw_what_the_study_has(tmp_path):
         grid.enqueue_trial({})
         grid.optimize(lambda t, v=value: v, n_trials=1)
     written, skipped = study_plots(grid, tmp_path / "c")
-    assert set(written) == {"history"} and "no searched parameters" in skipped["importances"]
+    assert set(written) == {"history"} and "with parameters" in skipped["importances"]
     for png in (tmp_path / "a").glob("*.png"):
         assert png.stat().st_size > 2000

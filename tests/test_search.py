@@ -68,7 +68,8 @@ def test_a_two_objective_nsga2_study_writes_its_pareto_front(tmp_path):
         record = json.loads((sweep.results / "runs" / row["run_dir"].split("/")[-1] / "run.json").read_text())
         assert record["cache_bytes"]["fp16"]["total"] / 1e6 == pytest.approx(row["cache_mb"])
         assert record["config"]["model"]["n_meta"] == row["param/n_meta"]
-    assert (sweep.results / "study" / "pareto.png").stat().st_size > 0
+    assert (sweep.results / "study" / "study_pareto.png").stat().st_size > 0
+    assert study.metric_names == ["val/acc", "cache_mb"]  # what Optuna's plots and the dashboard label
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_grid_points_are_trial_parameters(tmp_path):
     frame = optuna.load_study(study_name="t", storage=load_sweep(path).storage).trials_dataframe()
     assert sorted(zip(frame["params_variant"], frame["params_mlp.hidden"], strict=True)) == \
         [("llama", 32), ("llama", 64), ("mamba", 32), ("mamba", 64)]
-    assert set(frame["params_seed"]) == {0} and frame["value"].notna().all()
+    assert set(frame["params_seed"]) == {0} and frame["value_val/acc"].notna().all()  # named by the objective
 
 
 @pytest.mark.parametrize("more,expected", [

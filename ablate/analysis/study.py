@@ -58,11 +58,12 @@ def study_plots(study: optuna.Study, out: str | Path) -> tuple[dict[str, Path], 
     if multi:
         skipped["history"] = "a multi-objective study has no single history"
     else:
-        ax = vis.plot_optimization_history(study, target_name="objective (headline metric, maximised)")
+        name = (study.metric_names or ["objective (the task's headline metric)"])[0]
+        ax = vis.plot_optimization_history(study, target_name=f"{name} ({study.direction.name.lower()})")
         ax.set_title(f"study '{study.study_name}': objective by trial ({len(done)} completed)", fontsize=11)
         written["history"] = save(_figure(ax, legend_inside=True), out / "study_history.png")
     if multi:
-        ax = vis.plot_pareto_front(study)
+        ax = vis.plot_pareto_front(study, target_names=study.metric_names)
         ax.set_title(f"study '{study.study_name}': Pareto front of {len(done)} completed trials", fontsize=11)
         written["pareto"] = save(_figure(ax), out / "study_pareto.png")
     else:
@@ -74,6 +75,6 @@ def study_plots(study: optuna.Study, out: str | Path) -> tuple[dict[str, Path], 
         ax.set_title(f"study '{study.study_name}': parameter importances (Optuna's default evaluator)", fontsize=11)
         written["importances"] = save(_figure(ax), out / "study_importances.png")
     else:
-        skipped["importances"] = "the trials have no searched parameters (grid points are enqueued, not sampled)"
+        skipped["importances"] = "fewer than two completed trials with parameters"
     plt.close("all")
     return written, skipped

@@ -251,35 +251,20 @@ def pareto_front(study: optuna.Study, objectives: list[Objective]) -> list[dict]
 
 
 def write_study_files(study: optuna.Study, search: Search, results: Path) -> dict[str, Path]:
-    """RESULTS/study/: trials.csv (Optuna's trials_dataframe), pareto.csv and a plot of the front
-    (two or three objectives) or of the optimisation history (one)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """RESULTS/study/: trials.csv (Optuna's trials_dataframe), pareto.csv (the best trial, or the
+    Pareto front with several objectives) and the study's figures (``analysis.study.study_plots``)."""
     import pandas as pd
-    from optuna.visualization import matplotlib as optuna_plots
+
+    from ablate.analysis.study import study_plots
 
     out = results / "study"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"trials": out / "trials.csv", "pareto": out / "pareto.csv"}
     study.trials_dataframe().to_csv(paths["trials"], index=False)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     pd.DataFrame(pareto_front(study, search.objectives) if done else []).to_csv(paths["pareto"], index=False)
-    if not done:
-        return paths
-    names = [o.metric for o in search.objectives]
-    if 2 <= len(names) <= 3:
-        ax = optuna_plots.plot_pareto_front(study, target_names=names)
-        paths["plot"] = out / "pareto.png"
-    else:
-        ax = optuna_plots.plot_optimization_history(study, target_name=names[0])
-        paths["plot"] = out / "history.png"
-    ax.figure.set_size_inches(7, 5)
-    ax.figure.tight_layout()
-    ax.figure.savefig(paths["plot"], dpi=130)
-    plt.close(ax.figure)
-    return paths
+    figures, _ = study_plots(study, out)
+    return {**paths, **{f"plot_{name}": path for name, path in figures.items()}}
 
 
 def params_text(params: dict) -> str:

@@ -106,6 +106,8 @@ def open_study(sweep: Sweep, storage: RDBStorage) -> optuna.Study:
     study = optuna.create_study(study_name=sweep.cfg.name, storage=storage, directions=directions,
                                 load_if_exists=True,
                                 pruner=search.pruner.build() if search else None)
+    if study.metric_names is None:  # Optuna's plots and the dashboard label the values with them
+        study.set_metric_names([o.metric for o in objectives(sweep)])
     stored = [d.name.lower() for d in study.directions]
     if stored != directions:
         raise ConfigError(f"{sweep.path}: study '{sweep.cfg.name}' in {redact(storage.url)} optimises {stored}; "
