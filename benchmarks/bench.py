@@ -9,6 +9,9 @@ Sections:
   layer      our parallel hybrid layer vs the same layer assembled from mamba-ssm Mamba + SDPA
   model      training tokens/s and MFU of every core variant at ~125M and ~350M, bf16, seq 2048
   inference  prefill and decode tokens/s at 8k context; measured vs analytic cache bytes
+  cpu        (no GPU needed; not in the default list) one training step (fwd+bwd+AdamW, the recipe's
+             optimizer) of every variant of sweeps/default.yaml on one CPU thread, tokens/s beside
+             the attention model's: the CPU path the default study trains on
 """
 
 from __future__ import annotations
@@ -326,6 +329,76 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, varian
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- cpu
+
+
+def bench_cpu(rows: list[dict], cpu_sweep: str = "sweeps/default.yaml", cpu_steps: int = 30, cpu_warmup: int = 5,
+              cpu_rounds: int = 5, batch: int | None = None, seq: int = 64, vocab: int = 256, **_) -> None:
+    """A training step per variant of ``cpu_sweep`` (first point of each label), single-threaded
+    like each `make sweep` worker: forward + cross-entropy + backward + AdamW as the recipe builds
+    it (param groups, betas, eps, weight decay), fp32, the backends ``resolve`` picks on CPU and
+    the allocator setting a CPU run makes (``train.allocator``). The variants are timed in turn,
+    ``cpu_rounds`` rounds of ``cpu_steps / cpu_rounds`` steps each after ``cpu_warmup`` steps, so a
+    machine whose speed drifts (a shared core) slows them all alike; the step time is the median
+    of each variant's ``cpu_steps`` timed steps."""
+    import statistics
+
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from ablate.sizing import count_params
+    from ablate.sweep.grid import load_sweep
+    from ablate.train.allocator import keep_freed_memory
+    from ablate.train.recipe import build_optimizer
+
+    keep_freed_memory()  # as a CPU training run does (ablate/train/run.py)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep = load_sweep(cpu_sweep)
+        cases = {}
+        for point, cfg in sweep.runs.values():
+            if point.variant in cases:
+                continue
+            # the run's model has the default vocab; the run sets the task's (ablate/train/run.py)
+            model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
+            torch.manual_seed(0)
+            model = LM(model_cfg, resolve("auto", "cpu", "off"))
+            opt, _ = build_optimizer(model, cfg.recipe, cfg.recipe.max_steps)
+            B = batch or cfg.recipe.batch_size
+            tokens = torch.randint(0, vocab, (B, seq + 1))
+
+            def step(model=model, opt=opt, tokens=tokens):
+                logits = model(tokens[:, :-1]).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            for _ in range(cpu_warmup):
+                step()
+            cases[point.variant] = (model_cfg, B, step, [])
+        rounds = max(1, min(cpu_rounds, cpu_steps))
+        for r in range(rounds):
+            for _, _, step, times in cases.values():
+                for _ in range(cpu_steps // rounds + (r < cpu_steps % rounds)):
+                    t0 = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - t0)
+        block = []
+        for label, (model_cfg, B, _, times) in cases.items():
+            ms = statistics.median(times) * 1e3
+            block.append({"section": "cpu", "case": f"{sweep.cfg.name}: B={B} T={seq} V={vocab} fp32, 1 thread",
+                          "impl": label, "params_M": count_params(model_cfg).total / 1e6,
+                          "step_ms": ms, "tokens_per_s": B * seq / (ms / 1e3)})
+        base = next((r["tokens_per_s"] for r in block if r["impl"] == "llama"), block[0]["tokens_per_s"])
+        for row in block:
+            row["vs_attention"] = row["tokens_per_s"] / base
+            print(row, flush=True)
+        rows.extend(block)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- results file
 
 
@@ -333,12 +406,28 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
 
 
+def cpu_name() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"CPU {model}"
+
+
+def machine_name(rows: list[dict]) -> str:
+    sections = {r["section"] for r in rows}
+    if sections <= set(CPU_SECTIONS):
+        return cpu_name()
+    return gpu_name() if not sections & set(CPU_SECTIONS) else f"{gpu_name()}; {cpu_name()}"
+
+
 def write_results(rows: list[dict], out: Path, command: str) -> None:
     import pandas as pd
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = [f"\n## {stamp} — {gpu_name()}\n", f"command: `{command}`  ",
+    machine = machine_name(rows)
+    text = [f"\n## {stamp} — {machine}\n", f"command: `{command}`  ",
             f"torch {torch.__version__}, Python {platform.python_version()}\n"]
     frame = pd.DataFrame(rows)
     for section, part in frame.groupby("section", sort=False):
@@ -348,18 +437,21 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
         f.write("".join(text))
     with out.with_suffix(".jsonl").open("a") as f:
         for row in rows:
-            f.write(json.dumps({"time": stamp, "gpu": gpu_name(), "command": command, **row}) + "\n")
+            f.write(json.dumps({"time": stamp, "gpu": machine, "command": command, **row}) + "\n")
 
 
 SECTIONS = {"scan": bench_scan, "conv": bench_conv, "attention": bench_attention, "layer": bench_layer,
-            "model": bench_model, "inference": bench_inference}
+            "model": bench_model, "inference": bench_inference, "cpu": bench_cpu}
+CPU_SECTIONS = ("cpu",)
+GPU_SECTIONS = tuple(s for s in SECTIONS if s not in CPU_SECTIONS)
 
 
 def run(sections: list[str], out: Path, command: str, **options) -> list[dict]:
     """options: sizes, compile_modes (model section), variants (model, inference), decode_compile
-    (inference)."""
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.bench needs a CUDA GPU")
+    (inference), cpu_sweep, cpu_steps, cpu_warmup, cpu_rounds (cpu)."""
+    gpu = [s for s in sections if s not in CPU_SECTIONS]
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit(f"benchmarks.bench sections {', '.join(gpu)} need a CUDA GPU (section cpu does not)")
     rows: list[dict] = []
     for section in sections:
         SECTIONS[section](rows, **options)
@@ -374,8 +466,9 @@ def build_parser():
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", type=comma_list(SECTIONS), default=list(SECTIONS),
-                   help="comma list of sections: " + ", ".join(SECTIONS) + " (default all)")
+    p.add_argument("--sections", type=comma_list(SECTIONS), default=list(GPU_SECTIONS),
+                   help="comma list of sections: " + ", ".join(SECTIONS) + " (default all GPU sections: "
+                   + ", ".join(GPU_SECTIONS) + ")")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
     p.add_argument("--sizes", type=comma_list(SIZES), default=list(SIZES),
                    help="model section: comma list of " + ", ".join(SIZES))
@@ -385,6 +478,10 @@ def build_parser():
                    help="model and inference sections: comma list of core variants (default all)")
     p.add_argument("--decode-compile", action="store_true",
                    help="inference section: also time the decoding step compiled before capture (minutes per variant)")
+    p.add_argument("--cpu-sweep", default="sweeps/default.yaml", help="cpu section: the sweep whose variants it times")
+    p.add_argument("--cpu-steps", type=int, default=30, help="cpu section: timed steps per variant (median)")
+    p.add_argument("--cpu-warmup", type=int, default=5, help="cpu section: untimed steps first")
+    p.add_argument("--cpu-rounds", type=int, default=5, help="cpu section: rounds the variants are timed in, in turn")
     return p
 
 
@@ -396,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     run(args.sections, Path(args.out), "python -m benchmarks.bench " + " ".join(argv), sizes=args.sizes,
-        compile_modes=args.compile, variants=args.variants, decode_compile=args.decode_compile)
+        compile_modes=args.compile, variants=args.variants, decode_compile=args.decode_compile,
+        cpu_sweep=args.cpu_sweep, cpu_steps=args.cpu_steps, cpu_warmup=args.cpu_warmup,
+        cpu_rounds=args.cpu_rounds)
     return 0
 
 

@@ -58,7 +58,9 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         raise BackendError("backend 'cuda' needs mamba-ssm: pip install 'ablate[cuda]'")
     if requested == "triton" and not have["triton"]:
         raise BackendError("backend 'triton' needs triton: pip install triton")
-    if requested == "torch" or not on_cuda:
+    if not on_cuda:  # the CPU paths (pure torch): scan loop, head-major SSD, shifted-products conv
+        return Backends(ssd="headmajor", conv1d="shifts", compile=compiled)
+    if requested == "torch":
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops
 

@@ -37,6 +37,7 @@ from ablate.ops.backends import BackendError, resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
 from ablate.sizing import cache_bytes, count_params
+from ablate.train.allocator import keep_freed_memory
 from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, StopCheck, Throughput
 from ablate.train.config import RunConfig
 from ablate.train.identity import check_identity, identity
@@ -203,6 +204,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
     accelerator = cfg.recipe.accelerator
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        keep_freed_memory()  # the step's few-MB activations are reused, not page-faulted in anew
     precision = cfg.recipe.precision
     if precision == "auto":
         precision = "bf16-mixed" if on_gpu else "32-true"

@@ -15,3 +15,9 @@ def test_compile_auto_is_off_on_cpu_and_explicit_choices_are_kept():
 def test_unknown_compile_choice_is_an_error_naming_the_allowed_values():
     with pytest.raises(BackendError, match="auto, on, off"):
         resolve("auto", "cpu", compile="yes")
+
+
+def test_cpu_resolves_to_the_cpu_paths():
+    for requested in ("auto", "torch"):
+        b = resolve(requested, "cpu")
+        assert (b.scan, b.ssd, b.conv1d) == ("loop", "headmajor", "shifts")

@@ -60,3 +60,30 @@ def test_eager_probabilities_are_softmax_over_visible_keys():
     scores = (q @ k.transpose(-1, -2)) / 2.0
     expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
     torch.testing.assert_close(p, expected)
+
+
+@pytest.mark.parametrize("T,K", [(1, 4), (2, 4), (9, 4), (31, 3)])
+@pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
+def test_cpu_conv_matches_reference_on_token_major_views(T, K, bias, silu):
+    # the SSM paths pass a transposed view of their (B, T, channels) projection
+    proj = torch.randn(2, T, 7, dtype=torch.float64, requires_grad=True)
+    x = proj[..., 1:6].transpose(1, 2)
+    w = torch.randn(5, K, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    y = causal_conv1d(x, w, b, silu, impl="shifts")
+    y_ref = causal_conv1d_loop(x, w, b, silu)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    wrt = [proj, w] + ([b] if bias else [])
+    torch.testing.assert_close(torch.autograd.grad((y * g).sum(), wrt), torch.autograd.grad((y_ref * g).sum(), wrt))
+    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(a[0].transpose(1, 2), *a[1:], silu, impl="shifts"),
+                                    (proj[..., 1:6].detach().requires_grad_(), w, b))
+
+
+def test_cpu_conv_with_a_state_is_the_reference():
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    w, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    state = torch.randn(2, 5, 3, dtype=torch.float64)
+    for got, want in zip(causal_conv1d(x, w, b, initial_state=state, return_final_state=True, impl="shifts"),
+                         causal_conv1d(x, w, b, initial_state=state, return_final_state=True), strict=True):
+        torch.testing.assert_close(got, want)

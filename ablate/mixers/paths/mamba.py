@@ -63,7 +63,9 @@ class MambaSSM(SSMPath):
 
     def prepare(self, u: Tensor, ctx: Context):
         """(B, T, 2*d_inner) -> x (B, D, T) after conv, z (B, D, T), dt (B, D, T), B, C (B, N, T)."""
-        x, z = u.transpose(1, 2).split(self.d_inner, dim=1)
+        # split token-major, then transpose each: the split's backward then joins dense rows
+        # (splitting the transposed tensor made its gradient a transposed copy for in_proj)
+        x, z = (t.transpose(1, 2) for t in u.split(self.d_inner, dim=-1))
         x = cached_conv(x, self.conv, ctx.cache, self.conv_impl)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)

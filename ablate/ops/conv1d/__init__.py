@@ -3,10 +3,10 @@ dispatches to one implementation; the name comes from ``ops.backends.resolve`` a
 
 import importlib.util
 
-from ablate.ops.conv1d import reference
+from ablate.ops.conv1d import reference, shifts
 from ablate.ops.conv1d.reference import causal_conv1d_loop, conv_step
 
-IMPLS = {"torch": reference.causal_conv1d}
+IMPLS = {"torch": reference.causal_conv1d, "shifts": shifts.causal_conv1d}  # shifts: the CPU path
 if importlib.util.find_spec("triton") is not None:  # ops.backends decides whether it is used
     from ablate.ops.conv1d import triton as _triton_conv
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ablate.ops.ssd import chunked, reference
+from ablate.ops.ssd import chunked, headmajor, reference
 
-IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd}
+# headmajor: the CPU path (ops.backends picks it without CUDA)
+IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd, "headmajor": headmajor.ssd}
 
 
 def ssd(*args, impl: str = "chunked", **kwargs):
