@@ -74,7 +74,7 @@ class _Scan(torch.autograd.Function):
         z = None if z is None else _rows(z)
         b, T, Dm = u.shape
         N = A.shape[1]
-        At = A.t()
+        At = A.t().contiguous()  # (N, D), dense over channels (a transposed view would run strided)
         K = block_steps(b, N, Dm, T, u.element_size())
         dt = delta + bias if bias is not None else delta
         dt = F.softplus(dt) if softplus else dt.clone()
@@ -108,7 +108,7 @@ class _Scan(torch.autograd.Function):
         K = ctx.K
         b, T, Dm = dt.shape
         N = A.shape[1]
-        At = A.t()
+        At = A.t().contiguous()  # (N, D), dense over channels (a transposed view would run strided)
         gout = _rows(gout)
         checkpoints = [None if h0 is None else h0.transpose(1, 2), *ctx.checkpoints]
         du, ddt = u.new_empty(b, T, Dm), u.new_empty(b, T, Dm)
