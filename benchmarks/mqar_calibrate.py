@@ -36,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--mix", action="store_true", help="train on (64,4)+(64,2) instead of (64,4) only")
     p.add_argument("--test-pairs", type=int, default=4)
+    p.add_argument("--examples", type=int, default=10000, help="training examples per segment (x2 without --mix)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-out", action="store_true", help="output projections x 1/sqrt(2 layers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override")
     return p.parse_args()
@@ -60,9 +62,9 @@ def build(args) -> LM:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = build(args)
-    segments = [(4, 10000), (2, 10000)] if args.mix else [(4, 20000)]
+    segments = [(4, args.examples), (2, args.examples)] if args.mix else [(4, 2 * args.examples)]
     parts = [generate(Segment(seq_len=64, n_pairs=k, n_examples=n), args.vocab, 0.01, seed)
              for seed, (k, n) in enumerate(segments, start=1)]
     X, Y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])

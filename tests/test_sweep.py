@@ -26,6 +26,23 @@ def test_grid_expands_variants_tasks_seeds_and_knobs(tmp_path):
     assert sweep.labels == ["llama", "mamba"]
 
 
+def test_grid_keys_may_set_the_recipe_and_the_task_section(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, grid={"recipe.lr": [0.001, 0.01], "mqar.eval_split": ["selection"]}))
+    point, cfg = sweep.runs['llama|mqar|s0|recipe.lr=0.01,mqar.eval_split="selection"']
+    assert cfg.recipe.lr == 0.01 and cfg.data.eval_split == "selection"
+    assert cfg.model.mlp.hidden == 64  # a recipe knob is not a model override
+
+
+def test_a_variant_entry_sets_its_own_recipe(tmp_path):
+    variants = ["llama", {"name": "mamba", "recipe": {"lr": 0.01}}]
+    sweep = load_sweep(write_sweep(tmp_path, variants=variants, recipe={"lr": 0.002, "max_steps": 10,
+                                                                         "eval_every": 5, "batch_size": 8}))
+    assert sweep.runs["llama|mqar|s0"][1].recipe.lr == 0.002
+    assert sweep.runs["mamba|mqar|s0"][1].recipe.lr == 0.01  # the point id stays the variant's
+    with pytest.raises(ConfigError, match="lr_search"):
+        load_sweep(write_sweep(tmp_path, name="u", variants=variants, lr_search={"values": [0.001, 0.003]}))
+
+
 def test_match_puts_every_variant_on_one_budget(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, match={"target": 40000, "knob": "mlp.hidden"}))
     from ablate.sizing import count_params

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ablate.analysis.records import load_runs
-from ablate.analysis.tables import ci95, summarize, to_latex, to_markdown, write_tables
+from ablate.analysis.tables import ci95, summarize, support_line, to_latex, to_markdown, write_tables
 from tests.helpers import write_sweep
 
 
@@ -97,3 +97,19 @@ def test_a_grid_sweep_has_one_row_per_grid_point(tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")][:4] == ["task", "variant", "attention.n_heads", "seeds"]
     latex = (sweep.results / "table.tex").read_text()
     assert "attention.n\\_heads" in latex and "\\begin{tabular}" in latex and "$\\pm$" in latex
+
+
+def test_the_support_line_says_what_the_seeds_allow(tmp_path):
+    one = tmp_path / "one"
+    fake_run(one, "llama", 0, 0.9)
+    fake_run(one, "mamba", 0, 0.2)
+    assert "one seed per row, so no interval" in support_line(summarize(load_runs(one)))
+    many = tmp_path / "many"
+    for seed, (a, b, c) in enumerate([(0.90, 0.10, 0.85), (0.92, 0.10, 0.95)]):
+        fake_run(many, "llama", seed, a)
+        fake_run(many, "mamba", seed, b)
+        fake_run(many, "hymba", seed, c)
+    summary = summarize(load_runs(many))
+    # llama/hymba overlap (hymba's interval is wide); mamba is apart from both
+    assert "2 seeds per row; 1 of 3 pairs of rows have overlapping 95% intervals of acc" in support_line(summary)
+    assert "scope: tiny" in to_markdown(summary, scope="tiny")

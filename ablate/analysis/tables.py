@@ -157,10 +157,39 @@ def table_note(summary: pd.DataFrame) -> str:
     return note
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
+def support_line(summary: pd.DataFrame) -> str:
+    """What the headline column can support, from the seeds behind it: with one seed per row no
+    interval exists, so no difference is shown to be more than seed noise; with several, the pairs
+    of rows (same task) whose 95% intervals overlap are not told apart by this study."""
+    seeds = sorted(set(summary["seeds"]))
+    headline = summary["headline"].dropna()
+    metric = headline.iloc[0] if len(headline) else None
+    if metric is None or metric not in summary:
+        return ""
+    name = column_title(metric)
+    if seeds == [1]:
+        return (f"support: one seed per row, so no interval: a difference in {name} between rows may be seed "
+                "noise; rerun with more seeds before reading an order into it")
+    pairs = overlapping = 0
+    for _, g in summary.groupby("task", sort=False):
+        mean, ci = g[metric].to_numpy(), g[metric + " ci95"].fillna(float("inf")).to_numpy()
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                pairs += 1
+                overlapping += abs(mean[i] - mean[j]) <= ci[i] + ci[j]
+    counts = "-".join(str(n) for n in (seeds if len(seeds) < 3 else (seeds[0], seeds[-1])))
+    return (f"support: {counts} seeds per row; {overlapping} of {pairs} pairs of rows have overlapping 95% "
+            f"intervals of {name}: those pairs are not told apart by this study")
+
+
+def to_markdown(summary: pd.DataFrame, scope: str = "") -> str:
+    """The table, its note, the support line and the study's own scope line (its sweep file's
+    ``scope``: what its scale can and cannot say)."""
     if summary.empty:
         return "(no finished runs)\n"
-    return shown_table(summary).to_markdown(index=False, disable_numparse=True) + f"\n\n{table_note(summary)}\n"
+    lines = [table_note(summary), support_line(summary), f"scope: {scope}" if scope else ""]
+    text = "\n".join(line for line in lines if line)
+    return shown_table(summary).to_markdown(index=False, disable_numparse=True) + f"\n\n{text}\n"
 
 
 def to_latex(summary: pd.DataFrame) -> str:
@@ -176,14 +205,14 @@ def to_latex(summary: pd.DataFrame) -> str:
     return f"% {table_note(summary)}\n% needs \\usepackage{{booktabs}}\n" + tabular.replace("±", r"$\pm$")
 
 
-def write_tables(results: str | Path, order: list[str] | None = None) -> dict[str, str]:
+def write_tables(results: str | Path, order: list[str] | None = None, scope: str = "") -> dict[str, str]:
     results = Path(results)
     runs = load_runs(results)
     summary = summarize(runs, order) if not runs.empty else pd.DataFrame()
     paths = {"markdown": results / "table.md", "csv": results / "table.csv", "latex": results / "table.tex",
              "runs_csv": results / "runs.csv"}
     results.mkdir(parents=True, exist_ok=True)
-    paths["markdown"].write_text(to_markdown(summary))
+    paths["markdown"].write_text(to_markdown(summary, scope))
     paths["latex"].write_text(to_latex(summary))
     summary.to_csv(paths["csv"], index=False)
     runs.to_csv(paths["runs_csv"], index=False)

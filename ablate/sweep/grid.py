@@ -5,7 +5,7 @@
     tasks: [TASK, ...]                    # names in the task registry (default: the default task)
     seeds: [0, 1]
     sets: {size.d_model: 64}              # model keys applied to every variant
-    grid: {attention.n_heads: [2, 4]}     # optional knob grid (model keys)
+    grid: {attention.n_heads: [2, 4]}     # optional knob grid (model keys, recipe.KEY, TASK.KEY)
     match: {target: 200000, knob: mlp.hidden}   # optional: equal non-embedding parameters
     recipe: {...}                         # shared by every run
     TASK: {...}                           # each registered task's section, shared by its runs
@@ -63,6 +63,8 @@ class VariantEntry:
     name: str = knob("", "variant name (variants/NAME.yaml)")
     label: str | None = knob(None, "name in the results (default: name)")
     sets: dict[str, Any] = field(default_factory=dict, metadata={"help": "model overrides for this variant"})
+    recipe: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "recipe overrides for this variant (e.g. its calibrated lr)"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,11 +89,14 @@ class LRSearchConfig:
 class SweepConfig:
     name: str = knob("", "study name (also the Optuna study name)")
     description: str = knob("", "one line for humans")
+    scope: str = knob("", "one line printed under the table: what this study's scale can and cannot support",
+                      identity=False)
     variants: tuple[str | VariantEntry, ...] = knob((), "variants to compare")
     tasks: tuple[str, ...] = knob((default_task(),), "tasks every variant runs (names in the task registry)")
     seeds: tuple[int, ...] = knob((0,), "seeds (init and batch order) every variant runs")
     sets: dict[str, Any] = field(default_factory=dict, metadata={"help": "model overrides for all variants"})
-    grid: dict[str, tuple] = field(default_factory=dict, metadata={"help": "model key -> values to cross"})
+    grid: dict[str, tuple] = field(default_factory=dict, metadata={
+        "help": "key -> values to cross (model keys, recipe.KEY, TASK.KEY)"})
     match: MatchConfig | None = knob(None, "match every variant to one parameter budget")
     recipe: RecipeConfig = nested(RecipeConfig, "the recipe shared by all runs")
     evaluate: dict[str, Any] = field(default_factory=dict, metadata={
@@ -293,6 +298,11 @@ def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None
     if cfg.lr_search is not None and phase == "lr":
         base = Path(cfg.results or f"results/{cfg.name}")
         cfg = dataclasses.replace(cfg, name=f"{cfg.name}-lr", results=str(base / "lr_search"))
+    if cfg.lr_search is not None:
+        fixed = [f"variant {e.label or e.name}'s recipe" for e in _entries(cfg) if "lr" in e.recipe]
+        if "recipe.lr" in cfg.grid or fixed:
+            raise ConfigError(f"{path}: 'lr_search' picks each variant's lr; do not also set it in "
+                              + ", ".join((["'grid'"] if "recipe.lr" in cfg.grid else []) + fixed))
     grid_keys = list(cfg.grid)
     runs, models = {}, {}
     for entry in _entries(cfg):
@@ -323,8 +333,8 @@ def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knob
             if models is not None:
                 models[key] = model
         recipe = dataclasses.replace(cfg.recipe, seed=seed)
-        if recipe_values:
-            recipe = replace_recipe(recipe, recipe_values, where)
+        if entry.recipe or recipe_values:  # the variant's own recipe values, then the point's
+            recipe = replace_recipe(recipe, {**entry.recipe, **recipe_values}, where)
             recipe.check(where)
         data = sections.get(task)
         for name, value in task_values.items():
@@ -395,19 +405,31 @@ def _check_search(cfg: SweepConfig, path: Path, sections: dict) -> Search:
 def _task_runs(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str,
                phase: str, chosen: dict | None, models: dict) -> list[tuple[Point, RunConfig]]:
     """The runs of one variant, grid point and task: one per seed, or with ``lr_search`` one per
-    candidate LR (phase "lr") or one per seed at the chosen LR (phase "main")."""
+    candidate LR (phase "lr") or one per seed at the chosen LR (phase "main"). Grid knobs named
+    recipe.KEY or TASK.KEY set the recipe or the task section; the others are model keys."""
+    model_knobs, recipe_values, task_values, _ = split_keys(dict(knobs), list(TASKS.names()))
+    other = [t for t in task_values if not t.startswith(f"{task}.")]
+    if other:
+        raise ConfigError(f"{path}: key 'grid.{other[0]}' sets another task's section than '{task}'")
+    model_knobs = tuple(model_knobs.items())
     if cfg.lr_search is None:
-        return [_run(cfg, path, sections, entry, knobs, task, seed, models=models) for seed in cfg.seeds]
+        return [_run(cfg, path, sections, entry, model_knobs, task, seed, recipe_values, task_values, models=models)
+                for seed in cfg.seeds]
     if phase == "lr":
-        return [_run(cfg, path, sections, entry, knobs, task, cfg.lr_search.seed, {"lr": lr},
-                     {f"{task}.eval_split": "selection"}, models=models) for lr in cfg.lr_search.values]
+        return [_run(cfg, path, sections, entry, model_knobs, task, cfg.lr_search.seed, {**recipe_values, "lr": lr},
+                     {**task_values, f"{task}.eval_split": "selection"}, models=models)
+                for lr in cfg.lr_search.values]
     if chosen is None:
         raise ValueError("an lr_search sweep's main phase needs the chosen LRs (ablate.sweep.launch runs the "
                          "selection first)")
-    key = json.dumps([entry.label or entry.name, task, list(map(list, knobs))], default=str)
+    # the group's key as Sweep.lr_key names it: the point's knobs in point order, less lr and eval_split
+    group = [*model_knobs, *((f"recipe.{k}", v) for k, v in recipe_values.items()),
+             *((k, v) for k, v in task_values.items() if not k.endswith(".eval_split"))]
+    key = json.dumps([entry.label or entry.name, task, list(map(list, group))], default=str)
     choice = chosen[key]
     runs = []
     for seed in cfg.seeds:
-        point, run = _run(cfg, path, sections, entry, knobs, task, seed, {"lr": choice["lr"]}, models=models)
+        point, run = _run(cfg, path, sections, entry, model_knobs, task, seed, {**recipe_values, "lr": choice["lr"]},
+                          task_values, models=models)
         runs.append((point, dataclasses.replace(run, lr_selection=choice)))
     return runs

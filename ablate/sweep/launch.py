@@ -204,7 +204,7 @@ def _launch(sweep, sweep_path: str, workers: int, storage_url: str | None, gpus:
           + (f"; {len(dead)} worker(s) exited with an error (codes {dead})" if dead else ""), flush=True)
     from ablate.analysis.tables import write_tables
 
-    paths = write_tables(sweep.results, order=sweep.labels)
+    paths = write_tables(sweep.results, order=sweep.labels, scope=sweep.cfg.scope)
     print("\n" + Path(paths["markdown"]).read_text())
     if sweep.search is not None:
         study_paths = write_study_files(study, sweep.search, sweep.results)

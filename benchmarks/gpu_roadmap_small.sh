@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# sweeps/roadmap-small.yaml on one GPU, in one device call (an H200, no network): WORKERS processes
+# share the GPU (small models leave it idle); the study resumes where an earlier call stopped when
+# results/roadmap-small comes back into the checkout. Then the maps of the meta-token row and its
+# no-meta counterpart (MQAR, seed 0). Records, curves and maps (no checkpoints) come back as
+# $OUT/roadmap-small.tar.gz.   Expects the optuna wheels in .whl and the training corpora in .devdata.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data
+(while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) &
+monitor=$!
+timeout "${STUDY_S:-420}" python3 -m ablate.cli sweep roadmap-small --workers "${WORKERS:-16}" 2>&1 \
+  | grep -v "WARNING\|For example\|it/s]" | grep -v "^  .* done, .* failed, running" | tail -80
+kill "$monitor" 2>/dev/null
+for run in E-meta-mqar-s0 D-kv-share-mqar-s0; do
+  [ -f "results/roadmap-small/runs/$run/run.json" ] && \
+    timeout 60 python3 -m ablate.cli maps "results/roadmap-small/runs/$run" --out "results/roadmap-small/maps/$run" 2>&1 | tail -3
+done
+tar czf "$OUT/roadmap-small.tar.gz" --exclude='*.ckpt' --exclude='*.pt' results/roadmap-small 2>/dev/null
+ls -la "$OUT"
