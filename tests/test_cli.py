@@ -31,6 +31,16 @@ def test_sweep_dry_run_prints_every_plan_and_trains_nothing(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)  # the default sweep's results would go to results/default here
     assert main(["sweep", "default", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("non-embedding,") == 8 and "mlp.hidden = " in out
-    assert "window=16 kv:consumer(group 0)" in out  # the +kv-share row's plan
+    assert out.count("non-embedding,") == 9 and "mlp.hidden = " in out and ", lr 0.01" in out
     assert not (tmp_path / "results").exists()
+    # the faithful scale-down: every roadmap window row ends in a global layer (Samba, a baseline,
+    # has sliding windows only, as in its paper), and every KV producer is a window layer right
+    # after a global one
+    for row in out.split("\n\n")[1:]:
+        layers = [line.split() for line in row.strip().splitlines()[1:]]
+        if any("window=16" in line for line in layers) and not row.startswith("samba|"):
+            assert "window=16" not in layers[-1] and layers[-1][2] == "global", row
+        for i, line in enumerate(layers):
+            if any(part.startswith("kv:producer") for part in line):
+                assert "window=16" in line and layers[i - 1][2] == "global", row
+    assert out.count("kv:producer") == 2  # D and E
