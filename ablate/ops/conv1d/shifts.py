@@ -27,13 +27,14 @@ class _ShiftConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, silu):
         """x (B, T, C) dense over C; weight (C, K); bias (C,) or None -> (B, T, C)."""
         T, K = x.shape[1], weight.shape[1]
-        y = torch.mul(x, weight[:, K - 1])
+        taps = weight.t().contiguous()  # (K, C): each tap dense over channels (a column of weight is strided)
+        y = torch.mul(x, taps[K - 1])
         if bias is not None:
             y.add_(bias)
         for k in range(K - 1):
             s = K - 1 - k  # tap k multiplies x[t - s]
             if s < T:
-                y[:, s:].addcmul_(x[:, : T - s], weight[:, k])
+                y[:, s:].addcmul_(x[:, : T - s], taps[k])
         ctx.silu, ctx.has_bias = silu, bias is not None
         ctx.save_for_backward(x, weight, y)
         return F.silu(y) if silu else y
@@ -47,18 +48,17 @@ class _ShiftConv(torch.autograd.Function):
         if ctx.silu:  # silu'(y) = sigmoid(y) (1 + y (1 - sigmoid(y)))
             s = torch.sigmoid(y)
             g = g * s * torch.rsub(s, 1).mul_(y).add_(1)
-        dx = torch.mul(g, weight[:, K - 1])
-        dw = torch.empty_like(weight)
-        dw[:, K - 1] = (g * x).sum((0, 1))
+        taps = weight.t().contiguous()
+        dx = torch.mul(g, taps[K - 1])
+        dw = torch.zeros_like(taps)  # (K, C)
+        dw[K - 1] = (g * x).sum((0, 1))
         for k in range(K - 1):
             s = K - 1 - k
             if s < T:
-                dx[:, : T - s].addcmul_(g[:, s:], weight[:, k])
-                dw[:, k] = (g[:, s:] * x[:, : T - s]).sum((0, 1))
-            else:
-                dw[:, k] = 0
+                dx[:, : T - s].addcmul_(g[:, s:], taps[k])
+                dw[k] = (g[:, s:] * x[:, : T - s]).sum((0, 1))
         dbias = g.sum((0, 1)) if ctx.has_bias else None
-        return dx, dw, dbias, None
+        return dx, dw.t(), dbias, None
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
