@@ -267,6 +267,11 @@ def test_workers_are_pinned_to_gpus_round_robin(tmp_path):
     assert gpu_assignment(4, ["0", "1"]) == ["0", "1", "0", "1"]
     assert gpu_assignment(2, []) == [None, None]
     assert gpu_assignment(3, ["0", "1", "2", "3"], per_run=2) == ["0,1", "2,3", "0,1"]  # a 2-device run each
+    from ablate.sweep.launch import gpu_shares
+
+    # workers sharing a GPU split its memory; one alone, a CPU worker or a multi-GPU block: no cap
+    assert gpu_shares(["0", "1", "0", "0"]) == [1 / 3, None, 1 / 3, 1 / 3]
+    assert gpu_shares([None, None]) == [None, None] and gpu_shares(["0,1", "0,1"]) == [None, None]
     path = write_sweep(tmp_path, seeds=[0])
     assert launch(str(path), workers=2, gpus=["3", "5"]) == 0  # a fake device list: no GPU is touched
     sweep = load_sweep(path)

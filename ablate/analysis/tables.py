@@ -158,28 +158,26 @@ def table_note(summary: pd.DataFrame) -> str:
 
 
 def support_line(summary: pd.DataFrame) -> str:
-    """What the headline column can support, from the seeds behind it: with one seed per row no
+    """What the headline columns can support, from the seeds behind them: with one seed per row no
     interval exists, so no difference is shown to be more than seed noise; with several, the pairs
-    of rows (same task) whose 95% intervals overlap are not told apart by this study."""
+    of rows (same task, the task's headline metric) whose 95% intervals overlap are not told apart
+    by this study (a row of one seed overlaps every other)."""
     seeds = sorted(set(summary["seeds"]))
-    headline = summary["headline"].dropna()
-    metric = headline.iloc[0] if len(headline) else None
-    if metric is None or metric not in summary:
-        return ""
-    name = column_title(metric)
     if seeds == [1]:
-        return (f"support: one seed per row, so no interval: a difference in {name} between rows may be seed "
-                "noise; rerun with more seeds before reading an order into it")
-    pairs = overlapping = 0
-    for _, g in summary.groupby("task", sort=False):
+        return ("support: one seed per row, so no interval: a difference between rows may be seed noise; "
+                "rerun with more seeds before reading an order into it")
+    parts = []
+    for task, g in summary.groupby("task", sort=False):
+        metric = g["headline"].dropna().iloc[0] if g["headline"].notna().any() else None
+        if metric is None or metric not in g:
+            continue
         mean, ci = g[metric].to_numpy(), g[metric + " ci95"].fillna(float("inf")).to_numpy()
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                pairs += 1
-                overlapping += abs(mean[i] - mean[j]) <= ci[i] + ci[j]
-    counts = "-".join(str(n) for n in (seeds if len(seeds) < 3 else (seeds[0], seeds[-1])))
-    return (f"support: {counts} seeds per row; {overlapping} of {pairs} pairs of rows have overlapping 95% "
-            f"intervals of {name}: those pairs are not told apart by this study")
+        pairs = [(i, j) for i in range(len(g)) for j in range(i + 1, len(g))]
+        overlapping = sum(abs(mean[i] - mean[j]) <= ci[i] + ci[j] for i, j in pairs)
+        parts.append(f"{task} {column_title(metric)}: {overlapping} of {len(pairs)} pairs of rows overlap")
+    counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    return (f"support: {counts} seeds per row; 95% intervals of the headline ({'; '.join(parts)}): "
+            "overlapping pairs are not told apart by this study")
 
 
 def to_markdown(summary: pd.DataFrame, scope: str = "") -> str:

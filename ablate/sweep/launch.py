@@ -87,6 +87,13 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
         time.sleep(every_s)
 
 
+def gpu_shares(pinned: list[str | None]) -> list[float | None]:
+    """Each worker's share of its GPU's memory: 1/k where k workers are pinned to one GPU (None
+    alone on it, on the CPU, or for a multi-GPU block, whose run takes its devices for itself)."""
+    return [1 / pinned.count(gpu) if gpu is not None and "," not in gpu and pinned.count(gpu) > 1 else None
+            for gpu in pinned]
+
+
 def gpu_assignment(workers: int, gpus: list[str] | None = None, per_run: int = 1) -> list[str | None]:
     """The GPUs each local worker is pinned to (its CUDA_VISIBLE_DEVICES), round robin over blocks
     of ``per_run`` GPUs (a run with recipe.devices = N takes N for itself) from ``gpus`` (default:
@@ -189,7 +196,8 @@ def _launch(sweep, sweep_path: str, workers: int, storage_url: str | None, gpus:
     started = time.time()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker, args=(str(sweep_path), url, threads),
-                         kwargs={"gpu": gpu, "phase": phase, "chosen": chosen}) for gpu in pinned]
+                         kwargs={"gpu": gpu, "phase": phase, "chosen": chosen, "gpu_share": share})
+             for gpu, share in zip(pinned, gpu_shares(pinned), strict=True)]
     for p in procs:
         p.start()
     monitor(study, procs, set(trial_keys(sweep)))

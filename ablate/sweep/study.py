@@ -321,15 +321,24 @@ def quiet_training_logs() -> None:
 
 
 def worker(sweep_path: str, storage_url: str | None = None, threads: int | None = None,
-           poll_s: float = 5.0, gpu: str | None = None, phase: str = "main", chosen: dict | None = None) -> int:
+           poll_s: float = 5.0, gpu: str | None = None, phase: str = "main", chosen: dict | None = None,
+           gpu_share: float | None = None) -> int:
     """Take points until every point of the file is finished; returns how many this worker ran.
     A worker outlives points running elsewhere: if their worker died, their heartbeat goes stale
     after the grace period, the point is re-queued, and this worker runs (resumes) it. ``gpu``
     pins the worker to one GPU (set before CUDA starts in this process; runs record it). ``phase``
-    and ``chosen``: which sweep of an lr_search file (``load_sweep``)."""
+    and ``chosen``: which sweep of an lr_search file (``load_sweep``). ``gpu_share``: the fraction of
+    the GPU's memory this worker may hold, when several workers share one GPU. Without it, each
+    process's caching allocator keeps what its largest step (an evaluation at the longest sequence)
+    reserved, and a few such processes starve the others into out-of-memory failures (measured:
+    16 workers on one H200, sweeps/roadmap-small.yaml); with it, a worker frees its own cache at
+    its share before it fails."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
+
+    if gpu_share is not None and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpu_share, 0)
 
     if threads:
         torch.set_num_threads(threads)
