@@ -111,5 +111,6 @@ def test_the_support_line_says_what_the_seeds_allow(tmp_path):
         fake_run(many, "hymba", seed, c)
     summary = summarize(load_runs(many))
     # llama/hymba overlap (hymba's interval is wide); mamba is apart from both
-    assert "2 seeds per row" in support_line(summary) and "mqar acc: 1 of 3 pairs of rows overlap" in support_line(summary)
+    line = support_line(summary)
+    assert "2 seeds per row" in line and "mqar acc: 1 of 3 pairs of rows overlap" in line
     assert "scope: tiny" in to_markdown(summary, scope="tiny")
