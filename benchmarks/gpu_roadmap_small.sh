@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # sweeps/roadmap-small.yaml on one GPU, in one device call (an H200, no network): WORKERS processes
-# share the GPU (small models leave it idle); the study resumes where an earlier call stopped when
-# results/roadmap-small comes back into the checkout. Then the maps of the meta-token row and its
-# no-meta counterpart (MQAR, seed 0). Records, curves and maps (no checkpoints) come back as
+# share the GPU (small models leave it idle); the study resumes where an earlier call stopped (from
+# results/roadmap-small when carried back, else from the records committed in studies/roadmap-small).
+# Then the maps of the meta-token row and its no-meta counterpart (MQAR, seed 0). Records, curves and maps (no checkpoints) come back as
 # $OUT/roadmap-small.tar.gz.   Expects the optuna wheels in .whl and the training corpora in .devdata.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data
+# a fresh machine continues from the committed records: finished points are skipped (same identity),
+# the others run again (their checkpoints stayed on the earlier machine)
+if [ ! -d results/roadmap-small ] && [ -d studies/roadmap-small/runs ]; then
+  mkdir -p results/roadmap-small && cp -r studies/roadmap-small/runs results/roadmap-small/
+fi
 (while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) &
 monitor=$!
 timeout "${STUDY_S:-420}" python3 -m ablate.cli sweep roadmap-small --workers "${WORKERS:-16}" 2>&1 \
