@@ -26,13 +26,15 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file, the key and what is allowed."""
 
 
-def knob(default: Any, help: str, identity: bool = True) -> Any:
+def knob(default: Any, help: str, identity: bool = True, added: bool = False) -> Any:
     """A dataclass field with a help text (shown by ``ablate keys``). ``identity=False`` marks a
     field that says where files live or how a run is watched, not what it computes: it is left
-    out of a run's identity (``identity_dict``)."""
+    out of a run's identity (``identity_dict``). ``added=True`` marks a knob added after runs were
+    recorded whose default computes what those runs computed: it enters the identity only when
+    set to something else, so those runs keep their identity (their studies do not rerun)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple for sequence defaults")
-    return field(default=default, metadata={"help": help, "identity": identity})
+    return field(default=default, metadata={"help": help, "identity": identity, "added": added})
 
 
 def nested(cls: type, help: str) -> Any:
@@ -171,6 +173,12 @@ class ModelConfig:
         "help": "sections of mixers that declare their own config: mixer name -> its keys (Mixer.config)"})
     norm_eps: float = knob(1e-6, "RMSNorm epsilon")
     init_std: float = knob(0.02, "std of the normal init of linear, conv and embedding weights")
+    embed_init_std: float | None = knob(
+        None, "std of the token embedding's normal init (None: init_std); 1.0 lets 4-layer attention "
+        "models learn MQAR (benchmarks/MQAR_CALIBRATION.md)", added=True)
+
+    def __post_init__(self):
+        require(self, norm_eps=(0, None), init_std=(0, None), embed_init_std=(0, None))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +275,8 @@ def to_dict(cfg: Any, identity: bool = False) -> Any:
     fields marked ``knob(..., identity=False)``."""
     if dataclasses.is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name), identity) for f in dataclasses.fields(cfg)
-                if not identity or f.metadata.get("identity", True)}
+                if not identity or (f.metadata.get("identity", True)
+                                    and not (f.metadata.get("added") and getattr(cfg, f.name) == f.default))}
     if isinstance(cfg, dict):
         return {k: to_dict(v, identity) for k, v in cfg.items()}
     if isinstance(cfg, (tuple, list)):

@@ -98,8 +98,8 @@ class LM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Generic N(0, init_std) for linear/conv/embedding weights, zero biases, then each
-        module's own init (SSM A/D/dt, norms, meta tokens)."""
+        """Generic N(0, init_std) for linear/conv/embedding weights (the embedding: embed_init_std
+        when set), zero biases, then each module's own init (SSM A/D/dt, norms, meta tokens)."""
         std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
@@ -110,6 +110,8 @@ class LM(nn.Module):
                     nn.init.zeros_(bias)
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
+        if self.cfg.embed_init_std is not None:  # the tied embedding is also the output head
+            nn.init.normal_(self.embed.weight, std=self.cfg.embed_init_std)
         for block in self.blocks:
             block.mixer.reset_parameters()
         if self.n_meta:

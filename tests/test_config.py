@@ -92,3 +92,25 @@ def test_hymba_1p5b_plan_matches_the_released_config():
 def test_plan_error_is_a_value_error():
     with pytest.raises(PlanError):
         expand(override(ModelConfig(), "layout.kv_share", 0))
+
+
+def test_a_knob_added_later_keeps_old_identities_at_its_default():
+    from ablate.config import ModelConfig, to_dict
+
+    default = to_dict(ModelConfig(), identity=True)
+    assert "embed_init_std" not in default  # runs recorded before the knob keep their hash
+    assert to_dict(ModelConfig(embed_init_std=1.0), identity=True)["embed_init_std"] == 1.0
+    assert "embed_init_std" in to_dict(ModelConfig())  # the full record still shows it
+
+
+def test_embed_init_std_sets_the_embedding_alone():
+    import torch
+
+    from ablate.api import build_model
+
+    torch.manual_seed(0)
+    model = build_model("llama", ["size.d_model=64", "size.n_layers=1", "size.vocab_size=512", "embed_init_std=1.0"])
+    assert abs(model.embed.weight.std().item() - 1.0) < 0.05
+    assert abs(model.blocks[0].mlp_norm.weight.mean().item() - 1.0) < 1e-6
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert abs(linear.weight.std().item() - 0.02) < 0.005
