@@ -172,13 +172,15 @@ class ModelConfig:
     mixers: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "sections of mixers that declare their own config: mixer name -> its keys (Mixer.config)"})
     norm_eps: float = knob(1e-6, "RMSNorm epsilon")
-    init_std: float = knob(0.02, "std of the normal init of linear, conv and embedding weights")
+    init_std: float = knob(0.02, "std of the normal init of linear and conv weights, and of the embedding "
+                           "unless embed_init_std is set")
     embed_init_std: float | None = knob(
-        None, "std of the token embedding's normal init (None: init_std); 1.0 lets 4-layer attention "
-        "models learn MQAR (benchmarks/MQAR_CALIBRATION.md)", added=True)
+        None, "std of the token embedding's normal init (None: init_std); 1.0 let a 4-layer attention model "
+        "without MLPs learn MQAR in ~800 steps (benchmarks/MQAR_CALIBRATION.md, round 4)", added=True)
 
     def __post_init__(self):
-        require(self, norm_eps=(0, None), init_std=(0, None), embed_init_std=(0, None))
+        # a zero std makes every weight (or the tied embedding and head) zero: nothing can train
+        require(self, norm_eps=(0, None), init_std=(1e-12, None), embed_init_std=(1e-12, None))
 
 
 @dataclass(frozen=True, kw_only=True)

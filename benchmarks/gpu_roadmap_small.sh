@@ -9,8 +9,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p ../shared && ln -sfn "$PWD/.devdata" ../shared/data
-# a fresh machine continues from the committed records: finished points are skipped (same identity),
-# the others run again (their checkpoints stayed on the earlier machine)
+# a fresh machine continues from the committed records: finished points of an unchanged configuration
+# are skipped, the others run (from step 0: their checkpoints stayed on the earlier machine)
 if [ ! -d results/roadmap-small ] && [ -d studies/roadmap-small/runs ]; then
   mkdir -p results/roadmap-small && cp -r studies/roadmap-small/runs results/roadmap-small/
 fi

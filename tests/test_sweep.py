@@ -33,6 +33,14 @@ def test_grid_keys_may_set_the_recipe_and_the_task_section(tmp_path):
     assert cfg.model.mlp.hidden == 64  # a recipe knob is not a model override
 
 
+def test_task_grid_keys_need_their_own_task_and_no_lr_search(tmp_path):
+    with pytest.raises(ConfigError, match="every run of the grid must be of that task"):
+        load_sweep(write_sweep(tmp_path, tasks=["mqar", "text"], grid={"mqar.vocab_size": [32, 64]}))
+    with pytest.raises(ConfigError, match="lr_search' sets the evaluation split itself"):
+        load_sweep(write_sweep(tmp_path, name="u", grid={"mqar.eval_split": ["test", "selection"]},
+                               lr_search={"values": [0.001, 0.003]}))
+
+
 def test_a_variant_entry_sets_its_own_recipe(tmp_path):
     variants = ["llama", {"name": "mamba", "recipe": {"lr": 0.01}}]
     sweep = load_sweep(write_sweep(tmp_path, variants=variants, recipe={"lr": 0.002, "max_steps": 10,
@@ -270,7 +278,7 @@ def test_workers_are_pinned_to_gpus_round_robin(tmp_path):
     from ablate.sweep.launch import gpu_shares
 
     # workers sharing a GPU split its memory; one alone, a CPU worker or a multi-GPU block: no cap
-    assert gpu_shares(["0", "1", "0", "0"]) == [1 / 3, None, 1 / 3, 1 / 3]
+    assert gpu_shares(["0", "1", "0", "0"]) == [0.3, None, 0.3, 0.3]  # 0.9 of the GPU: contexts lie outside
     assert gpu_shares([None, None]) == [None, None] and gpu_shares(["0,1", "0,1"]) == [None, None]
     path = write_sweep(tmp_path, seeds=[0])
     assert launch(str(path), workers=2, gpus=["3", "5"]) == 0  # a fake device list: no GPU is touched

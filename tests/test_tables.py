@@ -114,3 +114,19 @@ def test_the_support_line_says_what_the_seeds_allow(tmp_path):
     line = support_line(summary)
     assert "2 seeds per row" in line and "mqar acc: 1 of 3 pairs of rows overlap" in line
     assert "scope: tiny" in to_markdown(summary, scope="tiny")
+    fake_run(many, "mamba2", 0, 0.5)  # one seed: no interval
+    fake_run(many, "gone", 0, float("nan"))
+    fake_run(many, "gone", 1, float("nan"))
+    line = support_line(summarize(load_runs(many)))
+    assert "1-2 seeds per row (1 row(s) of one seed" in line and "1 row(s) without a headline value" in line
+    assert "mqar acc: 4 of 6 pairs of rows overlap" in line  # mamba2 overlaps all three
+
+
+def test_the_scope_line_survives_a_rebuilt_table(tmp_path):
+    fake_run(tmp_path, "llama", 0, 0.9)
+    write_tables(tmp_path, scope="tiny models, 600 steps")
+    assert "scope: tiny models, 600 steps" in (tmp_path / "table.md").read_text()
+    write_tables(tmp_path)  # `ablate table DIR`: no sweep file at hand
+    assert "scope: tiny models, 600 steps" in (tmp_path / "table.md").read_text()
+    write_tables(tmp_path, scope="")  # the sweep file dropped its scope
+    assert "scope:" not in (tmp_path / "table.md").read_text()

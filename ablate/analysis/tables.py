@@ -161,23 +161,34 @@ def support_line(summary: pd.DataFrame) -> str:
     """What the headline columns can support, from the seeds behind them: with one seed per row no
     interval exists, so no difference is shown to be more than seed noise; with several, the pairs
     of rows (same task, the task's headline metric) whose 95% intervals overlap are not told apart
-    by this study (a row of one seed overlaps every other)."""
+    by this study. A row of one seed has no interval and counts as overlapping every other; a row
+    without a headline value is left out (and counted)."""
     seeds = sorted(set(summary["seeds"]))
+    single = int((summary["seeds"] == 1).sum())
     if seeds == [1]:
         return ("support: one seed per row, so no interval: a difference between rows may be seed noise; "
                 "rerun with more seeds before reading an order into it")
-    parts = []
+    parts, missing = [], 0
     for task, g in summary.groupby("task", sort=False):
         metric = g["headline"].dropna().iloc[0] if g["headline"].notna().any() else None
         if metric is None or metric not in g:
             continue
+        g = g[g[metric].notna()]
+        missing += int(summary.loc[summary["task"] == task, metric].isna().sum())
         mean, ci = g[metric].to_numpy(), g[metric + " ci95"].fillna(float("inf")).to_numpy()
         pairs = [(i, j) for i in range(len(g)) for j in range(i + 1, len(g))]
         overlapping = sum(abs(mean[i] - mean[j]) <= ci[i] + ci[j] for i, j in pairs)
         parts.append(f"{task} {column_title(metric)}: {overlapping} of {len(pairs)} pairs of rows overlap")
     counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    return (f"support: {counts} seeds per row; 95% intervals of the headline ({'; '.join(parts)}): "
-            "overlapping pairs are not told apart by this study")
+    line = f"support: {counts} seeds per row"
+    if single:
+        line += f" ({single} row(s) of one seed: no interval, counted as overlapping every other row)"
+    if missing:
+        line += f"; {missing} row(s) without a headline value left out"
+    if not parts:
+        return line + "; no headline metric to compare rows on"
+    return (line + f"; 95% intervals of the headline ({'; '.join(parts)}): overlapping pairs are not told "
+            "apart by this study, and a pair apart is one comparison of many, not a tested difference")
 
 
 def to_markdown(summary: pd.DataFrame, scope: str = "") -> str:
@@ -203,8 +214,18 @@ def to_latex(summary: pd.DataFrame) -> str:
     return f"% {table_note(summary)}\n% needs \\usepackage{{booktabs}}\n" + tabular.replace("±", r"$\pm$")
 
 
-def write_tables(results: str | Path, order: list[str] | None = None, scope: str = "") -> dict[str, str]:
+def write_tables(results: str | Path, order: list[str] | None = None, scope: str | None = None) -> dict[str, str]:
+    """The tables of a results directory. ``scope``: the sweep's scope line, kept in RESULTS/scope.txt
+    so a table rebuilt later (``ablate table``) still prints it."""
     results = Path(results)
+    scope_file = results / "scope.txt"
+    if scope is None:
+        scope = scope_file.read_text().strip() if scope_file.exists() else ""
+    elif scope:
+        results.mkdir(parents=True, exist_ok=True)
+        scope_file.write_text(scope + "\n")
+    elif scope_file.exists():  # the sweep file no longer has one
+        scope_file.unlink()
     runs = load_runs(results)
     summary = summarize(runs, order) if not runs.empty else pd.DataFrame()
     paths = {"markdown": results / "table.md", "csv": results / "table.csv", "latex": results / "table.tex",

@@ -300,6 +300,10 @@ def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None
         cfg = dataclasses.replace(cfg, name=f"{cfg.name}-lr", results=str(base / "lr_search"))
     if cfg.lr_search is not None:
         fixed = [f"variant {e.label or e.name}'s recipe" for e in _entries(cfg) if "lr" in e.recipe]
+        splits = [k for k in cfg.grid if k.endswith(".eval_split")]
+        if splits:
+            raise ConfigError(f"{path}: key 'grid.{splits[0]}': 'lr_search' sets the evaluation split itself "
+                              "(selection, then test); leave it out of the grid")
         if "recipe.lr" in cfg.grid or fixed:
             raise ConfigError(f"{path}: 'lr_search' picks each variant's lr; do not also set it in "
                               + ", ".join((["'grid'"] if "recipe.lr" in cfg.grid else []) + fixed))
@@ -410,7 +414,9 @@ def _task_runs(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry
     model_knobs, recipe_values, task_values, _ = split_keys(dict(knobs), list(TASKS.names()))
     other = [t for t in task_values if not t.startswith(f"{task}.")]
     if other:
-        raise ConfigError(f"{path}: key 'grid.{other[0]}' sets another task's section than '{task}'")
+        raise ConfigError(f"{path}: key 'grid.{other[0]}' crosses the {other[0].partition('.')[0]} section, so every "
+                          f"run of the grid must be of that task; this sweep also has tasks '{task}' (give "
+                          "'tasks' that one task, or a sweep file per task)")
     model_knobs = tuple(model_knobs.items())
     if cfg.lr_search is None:
         return [_run(cfg, path, sections, entry, model_knobs, task, seed, recipe_values, task_values, models=models)

@@ -87,10 +87,13 @@ def monitor(study, procs, current: set[str], every_s: float = 3.0) -> dict[str, 
         time.sleep(every_s)
 
 
+GPU_SHARED = 0.9  # of a shared GPU's memory the workers' caps add up to: each CUDA context lies outside its cap
+
+
 def gpu_shares(pinned: list[str | None]) -> list[float | None]:
-    """Each worker's share of its GPU's memory: 1/k where k workers are pinned to one GPU (None
+    """Each worker's share of its GPU's memory: 0.9/k where k workers are pinned to one GPU (None
     alone on it, on the CPU, or for a multi-GPU block, whose run takes its devices for itself)."""
-    return [1 / pinned.count(gpu) if gpu is not None and "," not in gpu and pinned.count(gpu) > 1 else None
+    return [GPU_SHARED / pinned.count(gpu) if gpu is not None and "," not in gpu and pinned.count(gpu) > 1 else None
             for gpu in pinned]
 
 
