@@ -338,7 +338,8 @@ def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knob
                 models[key] = model
         recipe = dataclasses.replace(cfg.recipe, seed=seed)
         if entry.recipe or recipe_values:  # the variant's own recipe values, then the point's
-            recipe = replace_recipe(recipe, {**entry.recipe, **recipe_values}, where)
+            recipe = replace_recipe(recipe, entry.recipe, f"{where}: variant {entry.label or entry.name}'s recipe")
+            recipe = replace_recipe(recipe, recipe_values, where)
             recipe.check(where)
         data = sections.get(task)
         for name, value in task_values.items():
