@@ -33,6 +33,14 @@ def test_sweep_dry_run_prints_every_plan_and_trains_nothing(tmp_path, capsys, mo
     out = capsys.readouterr().out
     assert out.count("non-embedding,") == 9 and "mlp.hidden = " in out and ", lr 0.01" in out
     assert not (tmp_path / "results").exists()
+    # the total is counted at the task's vocabulary (MQAR's 256), as the run builds the model
+    from ablate.sizing import count_params
+    from ablate.sweep.grid import load_sweep
+    from ablate.sweep.launch import task_vocab
+
+    _, cfg = load_sweep("default").runs["llama|mqar|s0"]
+    assert task_vocab(cfg).size.vocab_size == 256
+    assert f"llama|mqar|s0: {count_params(task_vocab(cfg)).total / 1e6:,.3f}M parameters" in out
     # the faithful scale-down: every roadmap window row ends in a global layer (Samba, a baseline,
     # has sliding windows only, as in its paper), and every KV producer is a window layer right
     # after a global one

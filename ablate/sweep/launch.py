@@ -5,6 +5,7 @@ same storage URL joins the study and takes points from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -123,8 +124,8 @@ def dry_run(sweep_path: str) -> int:
     knob = sweep.cfg.match.knob if sweep.cfg.match is not None else None
     target = f", matched to {sweep.cfg.match.target:,} non-embedding via {knob}" if knob else ""
     size = f"a search of {sweep.search.n_trials} trials" if sweep.search is not None else f"{len(sweep.runs)} runs"
-    print(f"sweep '{sweep.cfg.name}': {size}{target} (vocab as in the variant; a task with "
-          "a tokenizer sets its own at training)")
+    print(f"sweep '{sweep.cfg.name}': {size}{target} (the embedding at each task's vocab_size, as a run "
+          "sets it; a tokenizer's may end below its target)")
     runs = {point_id: cfg for point_id, (_, cfg) in sweep.runs.items()}
     if sweep.search is not None:  # a search: its space, and the runs at both ends of every range
         search = sweep.search
@@ -139,13 +140,22 @@ def dry_run(sweep_path: str) -> int:
             point, cfg = sweep.trial_run(params)
             runs[f"{end} end: {point.id}"] = cfg
     for point_id, cfg in runs.items():
-        counts = count_params(cfg.model)
+        counts = count_params(task_vocab(cfg))
         matched = f", {knob} = {functools.reduce(getattr, knob.split('.'), cfg.model)}" if knob else ""
         print(f"\n{point_id}: {counts.total / 1e6:,.3f}M parameters, {counts.non_embedding:,} non-embedding, "
               f"attn:ssm {counts.attn_ssm_ratio}{matched}, n_meta {cfg.model.n_meta}, lr {cfg.recipe.lr:g}")
         for spec in expand(cfg.model):
             print("  " + spec.describe().rstrip())
     return 0
+
+
+def task_vocab(cfg):
+    """The run's model at its task's vocabulary (ablate/train/run.py sets the model's vocab from the
+    task's data), so a dry run's total parameter count is the one the run trains."""
+    vocab = getattr(cfg.data, "vocab_size", None)
+    if vocab is None:
+        return cfg.model
+    return dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
 
 
 def launch(sweep_path: str, workers: int = 1, storage_url: str | None = None,

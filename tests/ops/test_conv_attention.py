@@ -53,6 +53,20 @@ def test_sdpa_matches_eager_forward_backward(window, n_meta, Tq):
                                torch.autograd.grad((ref * g).sum(), [q, k, v]))
 
 
+@pytest.mark.parametrize("D,Dv", [(8, 16), (18, 37)])
+def test_flex_request_with_head_dims_flex_refuses_takes_masked_sdpa(D, Dv):
+    # tiny matched models (d_model 37, 2 heads: q/k dim 18, V 37) failed in inductor's flex lowering
+    # on the GPU; such dims must take the masked SDPA path on any device (this runs on the CPU)
+    from ablate.ops.attention import flex
+
+    q, k, v = torch.randn(2, 2, 9, D), torch.randn(2, 2, 9, D), torch.randn(2, 2, 9, Dv)
+    assert not flex.supports(q, v)
+    pos = torch.arange(9)
+    torch.testing.assert_close(attn.attention(q, k, v, pos, pos, 4, 2, impl="flex"),
+                               attn.attention(q, k, v, pos, pos, 4, 2, impl="eager"))
+    assert flex.supports(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 32))
+
+
 def test_eager_probabilities_are_softmax_over_visible_keys():
     q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
     mask = masks.visible(torch.arange(5), torch.arange(5), None, 0)

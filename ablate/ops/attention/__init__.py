@@ -18,7 +18,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
     if impl == "flex" and square and window is not None:
         from ablate.ops.attention import flex
 
-        return flex.attention(q, k, v, window, n_meta)
+        if flex.supports(q, v):
+            return flex.attention(q, k, v, window, n_meta)
     if impl != "eager" and square and window is None:
         # global causal takes SDPA's causal kernel, no mask built (meta tokens are a prefix, so
         # causal already shows them to everyone)

@@ -25,6 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 PAD_TO = 128
+MIN_HEAD_DIM = 16  # inductor's flex kernel refuses smaller q/k/v head dims (NotImplementedError)
+
+
+def supports(q: Tensor, v: Tensor) -> bool:
+    """Whether this kernel takes these head dims: q/k at least MIN_HEAD_DIM and V a whole number of
+    q/k-dim slices (tiny matched models, d_model 37 with 2 heads, have neither; they take SDPA)."""
+    D, Dv = q.shape[-1], v.shape[-1]
+    return D >= MIN_HEAD_DIM and Dv % D == 0
 
 
 @functools.cache
