@@ -3,6 +3,7 @@
 # the sweep files given run side by side, WORKERS processes each, sharing the GPU (small models leave it idle);
 # records and training curves (no checkpoints) come back as $OUT/calibration.tar.gz.
 #   bash benchmarks/gpu_calibrate.sh benchmarks/mqar_calibration/default4.yaml ...
+# A file given as FILE@N runs with N worker processes instead of WORKERS (default 8).
 # Expects the wheels in .whl (optuna and its needs).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -12,8 +13,9 @@ STUDY_S=${STUDY_S:-480}
 (while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) &
 monitor=$!
 pids=()
-for sweep in "$@"; do  # the sweeps side by side, WORKERS processes each
-  (timeout "$STUDY_S" python3 -m ablate.cli sweep "$sweep" --workers "${WORKERS:-8}" 2>&1 \
+for arg in "$@"; do  # the sweeps side by side, WORKERS (or @N) processes each
+  sweep=${arg%@*}; workers=${WORKERS:-8}; [[ $arg == *@* ]] && workers=${arg##*@}
+  (timeout "$STUDY_S" python3 -m ablate.cli sweep "$sweep" --workers "$workers" 2>&1 \
     | grep -v "WARNING\|For example\|it/s]" > "/tmp/$(basename "$sweep").log"; tail -45 "/tmp/$(basename "$sweep").log") &
   pids+=($!)
 done
