@@ -9,6 +9,11 @@ Sections:
   layer      our parallel hybrid layer vs the same layer assembled from mamba-ssm Mamba + SDPA
   model      training tokens/s and MFU of every core variant at ~125M and ~350M, bf16, seq 2048
   inference  prefill and decode tokens/s at 8k context; measured vs analytic cache bytes
+  peers      (not in the default list; transformers / mamba-ssm optional) ours vs the stack a user would
+             pick instead, same shapes, same process: llama vs HF LlamaForCausalLM (sdpa, compiled), mamba
+             / mamba2 / roadmap-a-sequential vs mamba-ssm MambaLMHeadModel; training tokens/s, memory,
+             parameters and the ratio at 125M and 350M, and decoding tokens/s at 8k context, batch 1 and
+             64 against their own generate (benchmarks/peers.py; on the GPU machine benchmarks/gpu_peers.sh)
   cpu        (no GPU needed; not in the default list) one training step (fwd+bwd+AdamW, the recipe's
              optimizer) of every variant of sweeps/default.yaml on one CPU thread, tokens/s beside
              the attention model's: the CPU path the default study trains on
@@ -329,6 +334,16 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, varian
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- peers
+
+
+def bench_peers(rows: list[dict], **options) -> None:
+    """benchmarks/peers.py (imported here: it uses this module's helpers)."""
+    from benchmarks.peers import bench_peers as run_peers
+
+    run_peers(rows, **options)
+
+
 # ----------------------------------------------------------------------------- cpu
 
 
@@ -441,14 +456,17 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
 
 
 SECTIONS = {"scan": bench_scan, "conv": bench_conv, "attention": bench_attention, "layer": bench_layer,
-            "model": bench_model, "inference": bench_inference, "cpu": bench_cpu}
+            "model": bench_model, "inference": bench_inference, "peers": bench_peers, "cpu": bench_cpu}
 CPU_SECTIONS = ("cpu",)
+OPT_IN = ("peers", "cpu")  # run only when named
 GPU_SECTIONS = tuple(s for s in SECTIONS if s not in CPU_SECTIONS)
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)
 
 
 def run(sections: list[str], out: Path, command: str, **options) -> list[dict]:
-    """options: sizes, compile_modes (model section), variants (model, inference), decode_compile
-    (inference), cpu_sweep, cpu_steps, cpu_warmup, cpu_rounds (cpu)."""
+    """options: sizes (model, peers), compile_modes (model section), variants (model, inference),
+    decode_compile (inference), peers_* (peers: see benchmarks/peers.bench_peers), cpu_sweep, cpu_steps,
+    cpu_warmup, cpu_rounds (cpu)."""
     gpu = [s for s in sections if s not in CPU_SECTIONS]
     if gpu and not torch.cuda.is_available():
         raise SystemExit(f"benchmarks.bench sections {', '.join(gpu)} need a CUDA GPU (section cpu does not)")
@@ -459,6 +477,25 @@ def run(sections: list[str], out: Path, command: str, **options) -> list[dict]:
     return rows
 
 
+def positive_ints(text: str) -> list[int]:
+    """An argparse type for "1,64"."""
+    import argparse
+
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of positive integers")
+    return values
+
+
+def _peers_choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from benchmarks.peers import PAIRS, PARTS
+
+    return tuple(PAIRS), PARTS
+
+
 def build_parser():
     import argparse
 
@@ -466,18 +503,34 @@ def build_parser():
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", type=comma_list(SECTIONS), default=list(GPU_SECTIONS),
-                   help="comma list of sections: " + ", ".join(SECTIONS) + " (default all GPU sections: "
-                   + ", ".join(GPU_SECTIONS) + ")")
+    p.add_argument("--sections", type=comma_list(SECTIONS), default=list(DEFAULT_SECTIONS),
+                   help="comma list of sections: " + ", ".join(SECTIONS) + " (default: "
+                   + ", ".join(DEFAULT_SECTIONS) + ")")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="results file (appended)")
     p.add_argument("--sizes", type=comma_list(SIZES), default=list(SIZES),
-                   help="model section: comma list of " + ", ".join(SIZES))
+                   help="model and peers sections (training): comma list of " + ", ".join(SIZES))
     p.add_argument("--compile", type=comma_list(("on", "off")), default=["on"],
                    help="model section: torch.compile blocks: on, off or off,on")
     p.add_argument("--variants", type=comma_list(CORE), default=list(CORE),
                    help="model and inference sections: comma list of core variants (default all)")
     p.add_argument("--decode-compile", action="store_true",
                    help="inference section: also time the decoding step compiled before capture (minutes per variant)")
+    peer_pairs, peer_parts = _peers_choices()
+    p.add_argument("--peers-pairs", type=comma_list(peer_pairs), default=list(peer_pairs),
+                   help="peers section: comma list of our variants to pair (default: " + ", ".join(peer_pairs) + ")")
+    p.add_argument("--peers-parts", type=comma_list(peer_parts), default=list(peer_parts),
+                   help="peers section: train, decode or both")
+    p.add_argument("--peers-steps", type=int, default=10, help="peers section: timed training steps (median)")
+    p.add_argument("--peers-warmup", type=int, default=3, help="peers section: untimed training steps first")
+    p.add_argument("--peers-context", type=int, default=8192, help="peers section: decoding context (prompt tokens)")
+    p.add_argument("--peers-batches", type=positive_ints, default=[1, 64],
+                   help="peers section: comma list of decoding batch sizes")
+    p.add_argument("--peers-new", type=int, default=128, help="peers section: timed decoding steps")
+    p.add_argument("--peers-decode-size", choices=list(SIZES), default="350M", help="peers section: decoding size")
+    p.add_argument("--peers-decode-compile", action="store_true",
+                   help="peers section: our decoding step compiled before capture (about a minute per row to build)")
+    p.add_argument("--peers-budget-s", type=float, default=450.0,
+                   help="peers section: rows not started within this many seconds are skipped (and say so)")
     p.add_argument("--cpu-sweep", default="sweeps/default.yaml", help="cpu section: the sweep whose variants it times")
     p.add_argument("--cpu-steps", type=int, default=30, help="cpu section: timed steps per variant (median)")
     p.add_argument("--cpu-warmup", type=int, default=5, help="cpu section: untimed steps first")
@@ -495,7 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     run(args.sections, Path(args.out), "python -m benchmarks.bench " + " ".join(argv), sizes=args.sizes,
         compile_modes=args.compile, variants=args.variants, decode_compile=args.decode_compile,
         cpu_sweep=args.cpu_sweep, cpu_steps=args.cpu_steps, cpu_warmup=args.cpu_warmup,
-        cpu_rounds=args.cpu_rounds)
+        cpu_rounds=args.cpu_rounds, peers_pairs=args.peers_pairs, peers_parts=args.peers_parts,
+        peers_steps=args.peers_steps, peers_warmup=args.peers_warmup, peers_context=args.peers_context,
+        peers_batches=args.peers_batches, peers_new=args.peers_new, peers_decode_size=args.peers_decode_size,
+        peers_decode_compile=args.peers_decode_compile, peers_budget_s=args.peers_budget_s)
     return 0
 
 
