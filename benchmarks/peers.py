@@ -586,6 +586,9 @@ def decode_row(name: str, size: str, batch: int, context: int, new: int, compile
                 errors.append(f"peer: {err}")
     if compile_step:
         notes.append("ours: the step compiled before capture (GraphedStep(compile=True))")
+    else:  # the peers decode at their best (fused kernels, a compiled forward): say that ours did not
+        notes.append("ours: the step captured as a CUDA graph, not compiled (--peers-decode-compile compiles "
+                     "it first, as generate(compile_step=True) does)")
     for side, result in (("ours", ours), ("peer", peer)):
         if result:
             row.update({f"{side}_tok_s": round(result["tok_s"], 1), f"{side}_step_ms": result["step_ms"],
