@@ -34,7 +34,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--mix", action="store_true", help="train on (64,4)+(64,2) instead of (64,4) only")
+    p.add_argument("--seq", type=int, default=64, help="training and test sequence length")
+    p.add_argument("--mix", action="store_true", help="train on (seq,4)+(seq,2) instead of (seq,4) only")
     p.add_argument("--test-pairs", type=int, default=4)
     p.add_argument("--examples", type=int, default=10000, help="training examples per segment (x2 without --mix)")
     p.add_argument("--seed", type=int, default=0)
@@ -65,10 +66,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = build(args)
     segments = [(4, args.examples), (2, args.examples)] if args.mix else [(4, 2 * args.examples)]
-    parts = [generate(Segment(seq_len=64, n_pairs=k, n_examples=n), args.vocab, 0.01, seed)
+    parts = [generate(Segment(seq_len=args.seq, n_pairs=k, n_examples=n), args.vocab, 0.01, seed)
              for seed, (k, n) in enumerate(segments, start=1)]
     X, Y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-    Xt, Yt = generate(Segment(seq_len=64, n_pairs=args.test_pairs, n_examples=500), args.vocab, 0.01, 2**31)
+    Xt, Yt = generate(Segment(seq_len=args.seq, n_pairs=args.test_pairs, n_examples=500), args.vocab, 0.01, 2**31)
     opt, sched = build_optimizer(model, RecipeConfig(lr=args.lr, weight_decay=args.wd, warmup_steps=50), args.steps)
     start = time.time()
     for step in range(1, args.steps + 1):
