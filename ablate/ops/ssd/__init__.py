@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ablate.ops import step as step_ops
 from ablate.ops.ssd import chunked, headmajor, reference
 
 # headmajor: the CPU path (ops.backends picks it without CUDA)
@@ -13,7 +14,11 @@ def ssd(*args, impl: str = "chunked", **kwargs):
 
 
 def ssd_state_update(h, x, dt, A, B, C, D=None):
-    """One decoding step. h: (B, H, P, N) updated in place; x: (B, H, P); dt: (B, H); B, C: (B, G, N)."""
+    """One decoding step. h: (B, H, P, N) updated in place; x: (B, H, P); dt: (B, H); B, C: (B, G, N).
+    One Triton kernel where ops.step says it applies (CUDA), else the reference below."""
+    kernels = step_ops.fused(h, x, dt, A, B, C, D)
+    if kernels is not None:
+        return kernels.ssd_state_update(h, x, dt, A, B, C, D)
     y, h_new = reference.ssd(x[:, None], dt[:, None], A, B[:, None], C[:, None], D,
                              initial_state=h, return_final_state=True)
     h.copy_(h_new)

@@ -1,0 +1,40 @@
+"""Fused decoding-step kernels: which one-token update runs.
+
+``selective_state_update`` (Mamba-1), ``ssd_state_update`` (Mamba-2) and ``conv_step`` keep their
+torch code as the reference and ask ``fused`` whether the Triton kernels of ``step/triton.py`` apply
+instead: Triton importable, every tensor on CUDA in fp32 / bf16 / fp16, and no gradient wanted
+(the kernels have no backward). Everything else, the CPU above all, runs the torch code unchanged.
+The call sites stay as they are, so the choice is not in ``ops.backends.Backends``; ``impl`` says
+which one a device gets (benchmarks/bench.py records it with each decoding row).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+if importlib.util.find_spec("triton") is not None:
+    from ablate.ops.step import triton as kernels
+else:
+    kernels = None
+
+
+def fused(*tensors):
+    """The Triton step kernels module where they apply to these tensors (None entries skipped),
+    else None (the caller runs its torch reference)."""
+    if kernels is None:
+        return None
+    given = [t for t in tensors if t is not None]
+    if not all(t.is_cuda and t.dtype in KERNEL_DTYPES for t in given):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in given):
+        return None
+    return kernels
+
+
+def impl(device: str | torch.device) -> str:
+    """'triton' where the fused step kernels run on this device (fp32/bf16/fp16, no grad), else 'torch'."""
+    return "triton" if kernels is not None and torch.device(device).type == "cuda" else "torch"
