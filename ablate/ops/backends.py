@@ -44,7 +44,8 @@ def available() -> dict[str, bool]:
 
 
 def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile: str = "off") -> Backends:
-    """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device.
+    """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device
+    (on the CPU: the native scan and conv where the C++ compiler builds them).
     'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error.
     compile: 'on' | 'off' | 'auto' (on with a CUDA device: measured faster, benchmarks/RESULTS.md)."""
     on_cuda = torch.device(device).type == "cuda"
@@ -58,8 +59,14 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         raise BackendError("backend 'cuda' needs mamba-ssm: pip install 'ablate[cuda]'")
     if requested == "triton" and not have["triton"]:
         raise BackendError("backend 'triton' needs triton: pip install triton")
-    if not on_cuda:  # the CPU paths (pure torch): scan loop, head-major SSD, shifted-products conv
-        return Backends(ssd="headmajor", conv1d="shifts", compile=compiled)
+    if not on_cuda:  # the CPU paths: head-major SSD (pure torch); the scan and the conv compiled from
+        # C++ where a compiler builds them ('auto'; ops/native_build.py), else the torch loop and shifts
+        from ablate.ops.conv1d import native as native_conv
+        from ablate.ops.scan import native as native_scan
+
+        scan = "native" if requested == "auto" and native_scan.available() else "loop"
+        conv = "native" if requested == "auto" and native_conv.available() else "shifts"
+        return Backends(scan=scan, ssd="headmajor", conv1d=conv, compile=compiled)
     if requested == "torch":
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops

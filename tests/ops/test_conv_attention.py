@@ -8,6 +8,7 @@ import torch
 from ablate.ops import attention as attn
 from ablate.ops.attention import masks, reference
 from ablate.ops.conv1d import causal_conv1d, causal_conv1d_loop, conv_step
+from ablate.ops.conv1d import native as native_conv
 
 
 @pytest.mark.parametrize("T,K", [(1, 4), (9, 4), (31, 3)])
@@ -76,28 +77,50 @@ def test_eager_probabilities_are_softmax_over_visible_keys():
     torch.testing.assert_close(p, expected)
 
 
+def _cpu_conv(impl):
+    if impl == "native" and not native_conv.available():
+        pytest.skip("the native conv does not build here (no C++ compiler)")
+    return impl
+
+
+@pytest.mark.parametrize("impl", ["shifts", "native"])
 @pytest.mark.parametrize("T,K", [(1, 4), (2, 4), (9, 4), (31, 3)])
 @pytest.mark.parametrize("bias,silu", [(True, True), (False, True), (True, False)])
-def test_cpu_conv_matches_reference_on_token_major_views(T, K, bias, silu):
+def test_cpu_conv_matches_reference_on_token_major_views(T, K, bias, silu, impl):
+    impl = _cpu_conv(impl)
     # the SSM paths pass a transposed view of their (B, T, channels) projection
     proj = torch.randn(2, T, 7, dtype=torch.float64, requires_grad=True)
     x = proj[..., 1:6].transpose(1, 2)
     w = torch.randn(5, K, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
-    y = causal_conv1d(x, w, b, silu, impl="shifts")
+    y = causal_conv1d(x, w, b, silu, impl=impl)
     y_ref = causal_conv1d_loop(x, w, b, silu)
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     wrt = [proj, w] + ([b] if bias else [])
     torch.testing.assert_close(torch.autograd.grad((y * g).sum(), wrt), torch.autograd.grad((y_ref * g).sum(), wrt))
-    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(a[0].transpose(1, 2), *a[1:], silu, impl="shifts"),
+    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(a[0].transpose(1, 2), *a[1:], silu, impl=impl),
                                     (proj[..., 1:6].detach().requires_grad_(), w, b))
 
 
-def test_cpu_conv_with_a_state_is_the_reference():
+def test_native_conv_float32_matches_reference():
+    _cpu_conv("native")
+    proj = torch.randn(3, 33, 70, requires_grad=True)
+    x = proj[..., :64].transpose(1, 2)
+    w, b = torch.randn(64, 4, requires_grad=True), torch.randn(64, requires_grad=True)
+    y, y_ref = causal_conv1d(x, w, b, impl="native"), causal_conv1d_loop(x, w, b, True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad((y * g).sum(), [proj, w, b]), torch.autograd.grad((y_ref * g).sum(), [proj, w, b])):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["shifts", "native"])
+def test_cpu_conv_with_a_state_is_the_reference(impl):
+    impl = _cpu_conv(impl)
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     w, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     state = torch.randn(2, 5, 3, dtype=torch.float64)
-    for got, want in zip(causal_conv1d(x, w, b, initial_state=state, return_final_state=True, impl="shifts"),
+    for got, want in zip(causal_conv1d(x, w, b, initial_state=state, return_final_state=True, impl=impl),
                          causal_conv1d(x, w, b, initial_state=state, return_final_state=True), strict=True):
         torch.testing.assert_close(got, want)

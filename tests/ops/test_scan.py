@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ablate.ops import scan
-from ablate.ops.scan import reference
+from ablate.ops.scan import native, reference
 
 
 def inputs(B, D, T, N, dtype=torch.float64, requires_grad=True):
@@ -45,6 +45,8 @@ def test_reference_matches_the_recurrence_written_out():
 @pytest.mark.parametrize("T", [1, 15, 33, 64])
 @pytest.mark.parametrize("impl", sorted(set(scan.IMPLS) - {"reference", "triton", "cuda"}))
 def test_impl_matches_reference_forward_backward(impl, T):
+    if impl == "native" and not native.available():
+        pytest.skip("the native scan does not build here (no C++ compiler)")
     x = inputs(2, 5, T, 6)
     y_ref, h_ref = reference.selective_scan(**x, return_final_state=True)
     grad = torch.randn_like(y_ref)
@@ -147,3 +149,42 @@ def test_loop_gradcheck(monkeypatch):
         return loop.selective_scan(**dict(zip(names, args, strict=True)), return_final_state=True)
 
     assert torch.autograd.gradcheck(f, (*x.values(), h0))
+
+
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("drop", [(), ("D",), ("z",), ("delta_bias",), ("D", "z", "delta_bias")])
+def test_native_with_initial_and_final_state(T, dtype, drop):
+    """Blocks of CHUNK steps (odd lengths end mid-block), an initial state and the final state's
+    gradient, optional inputs dropped, float32 and float64; token-major views as the path passes them."""
+    if not native.available():
+        pytest.skip("the native scan does not build here (no C++ compiler)")
+    x = inputs(3, 9, T, 5, dtype=dtype)
+    for name in drop:
+        x[name] = None
+    # u and z as views of one token-major (b, T, 2 D) projection, as the Mamba path passes them
+    uz = torch.randn(3, T, 18, dtype=dtype, requires_grad=True)
+    x["u"] = uz[..., :9].transpose(1, 2)
+    if "z" not in drop:
+        x["z"] = uz[..., 9:].transpose(1, 2)
+    h0 = torch.randn(3, 9, 5, dtype=dtype, requires_grad=True)
+    wrt = [uz, h0] + [v for k, v in x.items() if v is not None and k not in ("u", "z")]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    outs = [scan.selective_scan(**x, initial_state=h0, return_final_state=True, impl=impl) for impl in ("native", "reference")]
+    gy = torch.randn_like(outs[0][0])
+    gh = torch.randn_like(outs[0][1])
+    grads = [torch.autograd.grad((y * gy).sum() + (h * gh).sum(), wrt) for y, h in outs]
+    torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
+    torch.testing.assert_close(outs[0][1], outs[1][1], **tol)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_native_propagates_nan():
+    if not native.available():
+        pytest.skip("the native scan does not build here (no C++ compiler)")
+    x = inputs(2, 3, 6, 4)
+    x["u"] = x["u"].detach().clone()
+    x["u"][0, 1, 2] = float("nan")
+    y = scan.selective_scan(**x, impl="native")
+    assert y[0, 1, 2:].isnan().all() and not y[1].isnan().any()

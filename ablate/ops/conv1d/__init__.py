@@ -3,10 +3,11 @@ dispatches to one implementation; the name comes from ``ops.backends.resolve`` a
 
 import importlib.util
 
-from ablate.ops.conv1d import reference, shifts
+from ablate.ops.conv1d import native, reference, shifts
 from ablate.ops.conv1d.reference import causal_conv1d_loop, conv_step
 
-IMPLS = {"torch": reference.causal_conv1d, "shifts": shifts.causal_conv1d}  # shifts: the CPU path
+# shifts: the pure-torch CPU path; native: compiled C++ (CPU, where it builds: ops.backends checks)
+IMPLS = {"torch": reference.causal_conv1d, "shifts": shifts.causal_conv1d, "native": native.causal_conv1d}
 if importlib.util.find_spec("triton") is not None:  # ops.backends decides whether it is used
     from ablate.ops.conv1d import triton as _triton_conv
 

@@ -7,11 +7,12 @@ import importlib.util
 
 import torch
 
-from ablate.ops.scan import loop, reference
+from ablate.ops.scan import loop, native, reference
 
 IMPLS = {
     "reference": reference.selective_scan,
     "loop": loop.selective_scan,
+    "native": native.selective_scan,  # CPU only, compiled on first use (ops.backends checks it builds)
 }
 # why impl 'triton' is missing where Triton is installed (ops.backends decides whether it is used)
 TRITON_MISSING = "triton is not installed"
