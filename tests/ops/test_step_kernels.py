@@ -210,3 +210,32 @@ def test_dispatch_on_cuda_runs_the_kernels(kernels):
     assert torch.equal(state, s2)
     with torch.enable_grad():  # a gradient wanted: the reference (the kernels have no backward)
         assert step_ops.fused(w.requires_grad_()) is None
+
+
+# ----------------------------------------------------------------------------- a model decoding through them
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_model_decoding_through_the_kernels(kernels, name, monkeypatch):
+    """A tiny model decoding token by token with every step op forced through the kernels (on the
+    CPU: interpreted) gives the logits of the torch step ops: the call sites' strides and dtypes."""
+    from ablate.model import LM
+    from ablate.variants import load_variant
+    from tests.conftest import tiny
+
+    model = LM(tiny(load_variant(name).model)).to(DEVICE).eval()
+    tokens = torch.randint(0, model.cfg.size.vocab_size, (2, 9), device=DEVICE)
+
+    def decode(fused):
+        monkeypatch.setattr(step_ops, "fused", fused)
+        cache = model.new_cache(tokens.shape[1])
+        with torch.no_grad():
+            out = [model(tokens[:, :4], cache).logits]
+            out += [model(tokens[:, i : i + 1], cache).logits for i in range(4, tokens.shape[1])]
+        return torch.cat(out, 1)
+
+    calls = []
+    ref = decode(lambda *tensors: None)
+    out = decode(lambda *tensors: calls.append(tensors[0].shape) or kernels)
+    assert calls  # the kernels ran (conv and state update, 5 steps x 2 layers)
+    assert rel_err(out, ref) < 1e-5

@@ -3,8 +3,9 @@ dispatches to one implementation; the name comes from ``ops.backends.resolve`` a
 
 import importlib.util
 
+from ablate.ops import step as step_ops
 from ablate.ops.conv1d import native, reference, shifts
-from ablate.ops.conv1d.reference import causal_conv1d_loop, conv_step
+from ablate.ops.conv1d.reference import causal_conv1d_loop
 
 # shifts: the pure-torch CPU path; native: compiled C++ (CPU, where it builds: ops.backends checks)
 IMPLS = {"torch": reference.causal_conv1d, "shifts": shifts.causal_conv1d, "native": native.causal_conv1d}
@@ -16,6 +17,15 @@ if importlib.util.find_spec("triton") is not None:  # ops.backends decides wheth
 
 def causal_conv1d(*args, impl: str = "torch", **kwargs):
     return IMPLS[impl](*args, **kwargs)
+
+
+def conv_step(state, x, weight, bias=None, silu=True):
+    """One decoding step (reference.conv_step): state (B, C, K-1) shifted in place; x (B, C) -> (B, C).
+    One Triton kernel where ops.step says it applies (CUDA), else the reference."""
+    kernels = step_ops.fused(state, x, weight, bias)
+    if kernels is not None:
+        return kernels.conv_step(state, x, weight, bias, silu)
+    return reference.conv_step(state, x, weight, bias, silu)
 
 
 __all__ = ["causal_conv1d", "causal_conv1d_loop", "conv_step", "IMPLS"]

@@ -7,6 +7,7 @@ import importlib.util
 
 import torch
 
+from ablate.ops import step as step_ops
 from ablate.ops.scan import loop, native, reference
 
 IMPLS = {
@@ -48,7 +49,11 @@ def selective_scan(*args, impl: str = "loop", **kwargs):
 
 def selective_state_update(h, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                            delta_softplus=True):
-    """One decoding step. h: (B, D, N) updated in place; u, delta, z: (B, D); B, C: (B, N)."""
+    """One decoding step. h: (B, D, N) updated in place; u, delta, z: (B, D); B, C: (B, N).
+    One Triton kernel where ops.step says it applies (CUDA), else the reference below."""
+    kernels = step_ops.fused(h, u, delta, A, B, C, D, z, delta_bias)
+    if kernels is not None:
+        return kernels.selective_state_update(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     y, h_new = reference.selective_scan(
         u[..., None], delta[..., None], A, B[..., None], C[..., None], D,
         None if z is None else z[..., None], delta_bias, delta_softplus,
