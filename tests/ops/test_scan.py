@@ -188,3 +188,21 @@ def test_native_propagates_nan():
     x["u"][0, 1, 2] = float("nan")
     y = scan.selective_scan(**x, impl="native")
     assert y[0, 1, 2:].isnan().all() and not y[1].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_softplus_over_its_whole_range(dtype):
+    """dt = softplus(delta + bias) is computed inside the native scan: from far below 0 (softplus ~
+    exp, where 1 + exp rounds to 1) to above torch's threshold of 20, value and gradient as torch's."""
+    if not native.available():
+        pytest.skip("the native scan does not build here (no C++ compiler)")
+    x = inputs(2, 8, 9, 3, dtype=dtype)
+    x["delta"] = torch.linspace(-40, 30, 2 * 8 * 9, dtype=dtype).reshape(2, 8, 9).requires_grad_()
+    x["A"] = (-torch.rand(8, 3) * 0.05 - 0.01).to(dtype).requires_grad_()  # keep exp(dt A) away from 0
+    outs = [scan.selective_scan(**x, impl=impl) for impl in ("native", "reference")]
+    g = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad((y * g).sum(), [x["delta"], x["delta_bias"], x["u"]]) for y in outs]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, **tol)

@@ -1,6 +1,6 @@
 """Mamba-1 selective scan for the CPU as one compiled C++ loop (impl 'native').
 
-The same math and the same autograd boundary as ``loop.py`` (softplus of dt in torch; the scan,
+The same math and the same autograd boundary as ``loop.py`` (softplus(dt + bias), the scan,
 the D skip and the SiLU(z) gate inside), but each time step is one pass over the channels with
 the state held per (state, channel) in a buffer the size of one (N, D) state: no (b, K, N, D)
 temporaries, no per-step dispatcher calls. The forward keeps the state entering every block of
@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -38,20 +37,48 @@ extern "C" {
 float expf(float);
 #pragma omp declare simd notinbranch
 double exp(double);
+#pragma omp declare simd notinbranch
+float logf(float);
+#pragma omp declare simd notinbranch
+double log(double);
 }
 static inline float ex(float x) { return expf(x); }
 static inline double ex(double x) { return exp(x); }
+static inline float lg(float x) { return logf(x); }
+static inline double lg(double x) { return log(x); }
+// softplus as torch computes it (x above 20: x; else log1p(exp(x))), log1p(e) as log(1 + e) e / ((1 + e) - 1),
+// exact to rounding where 1 + e rounds (Goldberg), e itself where 1 + e == 1
+template <typename S>
+static inline S softplus(S x) {
+  const S e = ex(x), v = S(1) + e;
+  const S lp = v == S(1) ? e : lg(v) * (e / (v - S(1)));
+  return x > S(20) ? x : lp;
+}
 
 typedef int64_t I;
 
 // u, dt, z: (b, T, D) rows dense, strides (sb, st); B, C: (b, T, N) likewise; At: (N, D) dense;
 // h0: (b, N, D) dense or null; out: (b, T, D) dense; hlast: (b, N, D); ckpt: (b, nchunks, N, D).
+// fwd also writes dt = softplus(delta + bias) (or without either) into dtw (b, T, D) dense: the dt it reads.
 template <typename S>
 static void fwd(I b, I T, I D, I N, I K, const S* u, I usb, I ust, const S* dt, I dsb, I dst,
                 const S* At, const S* Bm, I bsb, I bst, const S* Cm, I csb, I cst, const S* Dv,
-                const S* z, I zsb, I zst, const S* h0, S* out, S* hlast, S* ckpt) {
+                const S* z, I zsb, I zst, const S* h0, S* out, S* hlast, S* ckpt,
+                const S* delta, I esb, I est, const S* bias, int sp) {
   const I nch = (T + K - 1) / K;
   std::vector<S> hb(N * D), yb(D), du(D);
+  for (I s = 0; s < b; ++s)
+    for (I t = 0; t < T; ++t) {
+      const S* e = delta + s * esb + t * est;
+      S* w = const_cast<S*>(dt) + s * dsb + t * dst;
+      if (sp) {
+#pragma omp simd
+        for (I d = 0; d < D; ++d) w[d] = softplus(e[d] + (bias ? bias[d] : S(0)));
+      } else {
+#pragma omp simd
+        for (I d = 0; d < D; ++d) w[d] = e[d] + (bias ? bias[d] : S(0));
+      }
+    }
   for (I s = 0; s < b; ++s) {
     S* h = hb.data();
     if (h0) std::memcpy(h, h0 + s * N * D, sizeof(S) * N * D);
@@ -96,7 +123,8 @@ template <typename S>
 static void bwd(I b, I T, I D, I N, I K, const S* u, I usb, I ust, const S* dt, I dsb, I dst,
                 const S* At, const S* Bm, I bsb, I bst, const S* Cm, I csb, I cst, const S* Dv,
                 const S* z, I zsb, I zst, const S* ckpt, const S* gout, const S* gh,
-                S* du, S* ddt, S* dz, S* dB, S* dC, S* dAt, S* dD, S* dh0) {
+                S* du, S* ddt, S* dz, S* dB, S* dC, S* dAt, S* dD, S* dh0,
+                const S* delta, I esb, I est, const S* bias, int sp, S* dbias) {
   const I nch = (T + K - 1) / K;
   std::vector<S> hs(K * N * D), dec(K * N * D), carry(N * D), gy(D), gdr(D), gdt(D), dh(D), dtu(D);
   for (I s = 0; s < b; ++s) {
@@ -186,10 +214,17 @@ static void bwd(I b, I T, I D, I N, I K, const S* u, I usb, I ust, const S* dt, 
         }
         S* dut = du + (s * T + t) * D;
         S* ddtt = ddt + (s * T + t) * D;
+        const S* et = delta + s * esb + t * est;
 #pragma omp simd
-        for (I d = 0; d < D; ++d) {
-          ddtt[d] = gdt[d] + gdr[d] * ut[d];
+        for (I d = 0; d < D; ++d) {  // d delta: softplus'(x) = sigmoid(x), x = delta + bias
+          const S g = gdt[d] + gdr[d] * ut[d];
+          const S x = et[d] + (bias ? bias[d] : S(0));
+          ddtt[d] = sp ? g / (S(1) + ex(-x)) : g;
           dut[d] = gdr[d] * dtt[d] + (Dv ? gy[d] * Dv[d] : S(0));
+        }
+        if (dbias) {
+#pragma omp simd
+          for (I d = 0; d < D; ++d) dbias[d] += ddtt[d];
         }
         if (dD) {
 #pragma omp simd
@@ -205,16 +240,18 @@ static void bwd(I b, I T, I D, I N, I K, const S* u, I usb, I ust, const S* dt, 
   const S* At, const S* Bm, I bsb, I bst, const S* Cm, I csb, I cst, const S* Dv, const S* z, I zsb, I zst
 #define PASS_F b, T, D, N, K, u, usb, ust, dt, dsb, dst, At, Bm, bsb, bst, Cm, csb, cst, Dv, z, zsb, zst
 extern "C" {
-void scan_fwd_f32(ARGS_F(float), const float* h0, float* out, float* hl, float* ck) {
-  fwd<float>(PASS_F, h0, out, hl, ck); }
-void scan_fwd_f64(ARGS_F(double), const double* h0, double* out, double* hl, double* ck) {
-  fwd<double>(PASS_F, h0, out, hl, ck); }
+void scan_fwd_f32(ARGS_F(float), const float* h0, float* out, float* hl, float* ck, const float* e, I esb, I est,
+                  const float* bias, int sp) { fwd<float>(PASS_F, h0, out, hl, ck, e, esb, est, bias, sp); }
+void scan_fwd_f64(ARGS_F(double), const double* h0, double* out, double* hl, double* ck, const double* e, I esb,
+                  I est, const double* bias, int sp) { fwd<double>(PASS_F, h0, out, hl, ck, e, esb, est, bias, sp); }
 void scan_bwd_f32(ARGS_F(float), const float* ck, const float* go, const float* gh, float* du, float* ddt,
-                  float* dz, float* dB, float* dC, float* dAt, float* dD, float* dh0) {
-  bwd<float>(PASS_F, ck, go, gh, du, ddt, dz, dB, dC, dAt, dD, dh0); }
+                  float* dz, float* dB, float* dC, float* dAt, float* dD, float* dh0, const float* e, I esb, I est,
+                  const float* bias, int sp, float* dbias) {
+  bwd<float>(PASS_F, ck, go, gh, du, ddt, dz, dB, dC, dAt, dD, dh0, e, esb, est, bias, sp, dbias); }
 void scan_bwd_f64(ARGS_F(double), const double* ck, const double* go, const double* gh, double* du, double* ddt,
-                  double* dz, double* dB, double* dC, double* dAt, double* dD, double* dh0) {
-  bwd<double>(PASS_F, ck, go, gh, du, ddt, dz, dB, dC, dAt, dD, dh0); }
+                  double* dz, double* dB, double* dC, double* dAt, double* dD, double* dh0, const double* e, I esb,
+                  I est, const double* bias, int sp, double* dbias) {
+  bwd<double>(PASS_F, ck, go, gh, du, ddt, dz, dB, dC, dAt, dD, dh0, e, esb, est, bias, sp, dbias); }
 }
 """
 
@@ -257,15 +294,18 @@ def _i64(args):
 
 
 class _NativeScan(torch.autograd.Function):
-    """(u, dt, A, B, C, D, z, h0) -> (out, h_{T-1}); dt after softplus. u, dt, z: (b, T, D) with dense
-    rows; B, C: (b, T, N); A: (D, N); D: (D,); h0 and the final state: (b, D, N)."""
+    """(u, delta, A, B, C, D, z, bias, h0, softplus) -> (out, h_{T-1}); dt = softplus(delta + bias) inside.
+    u, delta, z: (b, T, D) with dense rows; B, C: (b, T, N); A: (D, N); D, bias: (D,); h0 and the final
+    state: (b, D, N)."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, D, z, h0):
-        u, dt, B, C = (_rows(t) for t in (u, dt, B, C))
+    def forward(ctx, u, delta, A, B, C, D, z, bias, h0, softplus):
+        u, delta, B, C = (_rows(t) for t in (u, delta, B, C))
         z = None if z is None else _rows(z)
         D = None if D is None else D.contiguous()
+        bias = None if bias is None else bias.contiguous()
         b, T, Dm = u.shape
+        dt = u.new_empty(b, T, Dm)
         N = A.shape[1]
         At = A.t().contiguous()
         h0n = None if h0 is None else h0.transpose(1, 2).contiguous()  # (b, N, D)
@@ -273,15 +313,17 @@ class _NativeScan(torch.autograd.Function):
         hlast = u.new_empty(b, N, Dm)
         ckpt = u.new_empty(b, -(-T // CHUNK), N, Dm)
         fn = load().scan_fwd_f64 if u.dtype == torch.float64 else load().scan_fwd_f32
-        fn(*_i64(_common(u, dt, At, B, C, D, z, CHUNK)), _ptr(h0n), _ptr(out), _ptr(hlast), _ptr(ckpt))
+        fn(*_i64(_common(u, dt, At, B, C, D, z, CHUNK)), _ptr(h0n), _ptr(out), _ptr(hlast), _ptr(ckpt),
+           *_i64(_strided(delta)), _ptr(bias), int(softplus))
         ctx.has = (D is not None, z is not None, h0 is not None)
-        ctx.save_for_backward(u, dt, At, B, C, D, z, ckpt)
+        ctx.softplus = softplus
+        ctx.save_for_backward(u, dt, At, B, C, D, z, ckpt, delta, bias)
         return out, hlast.transpose(1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout, gh_last):
-        u, dt, At, B, C, D, z, ckpt = ctx.saved_tensors
+        u, dt, At, B, C, D, z, ckpt, delta, bias = ctx.saved_tensors
         has_D, has_z, has_h0 = ctx.has
         b, T, Dm = u.shape
         N = At.shape[0]
@@ -293,10 +335,12 @@ class _NativeScan(torch.autograd.Function):
         dAt = u.new_zeros(N, Dm)
         dD = u.new_zeros(Dm) if has_D else None
         dh0 = u.new_empty(b, N, Dm)
+        dbias = None if bias is None else u.new_zeros(Dm)
         fn = load().scan_bwd_f64 if u.dtype == torch.float64 else load().scan_bwd_f32
         fn(*_i64(_common(u, dt, At, B, C, D, z, CHUNK)), _ptr(ckpt), _ptr(gout), _ptr(gh), _ptr(du),
-           _ptr(ddt), _ptr(dz), _ptr(dB), _ptr(dC), _ptr(dAt), _ptr(dD), _ptr(dh0))
-        return du, ddt, dAt.t(), dB, dC, dD, dz, dh0.transpose(1, 2) if has_h0 else None
+           _ptr(ddt), _ptr(dz), _ptr(dB), _ptr(dC), _ptr(dAt), _ptr(dD), _ptr(dh0),
+           *_i64(_strided(delta)), _ptr(bias), int(ctx.softplus), _ptr(dbias))
+        return du, ddt, dAt.t(), dB, dC, dD, dz, dbias, dh0.transpose(1, 2) if has_h0 else None, None
 
 
 @torch.compiler.disable  # a ctypes call: compiled blocks call it as it is
@@ -323,12 +367,7 @@ def selective_scan(
     def cast(t):
         return None if t is None else t.to(acc)
 
-    dt = tokens(delta)
-    if delta_bias is not None:
-        dt = dt + cast(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    out, h = _NativeScan.apply(tokens(u), dt, cast(A), tokens(B), tokens(C), cast(D), tokens(z),
-                               cast(initial_state))
+    out, h = _NativeScan.apply(tokens(u), tokens(delta), cast(A), tokens(B), tokens(C), cast(D), tokens(z),
+                               cast(delta_bias), cast(initial_state), delta_softplus)
     y = out.transpose(1, 2).to(u.dtype)
     return (y, h) if return_final_state else y
