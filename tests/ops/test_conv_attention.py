@@ -111,7 +111,8 @@ def test_native_conv_float32_matches_reference():
     y, y_ref = causal_conv1d(x, w, b, impl="native"), causal_conv1d_loop(x, w, b, True)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y)
-    for a, r in zip(torch.autograd.grad((y * g).sum(), [proj, w, b]), torch.autograd.grad((y_ref * g).sum(), [proj, w, b])):
+    wrt = [proj, w, b]
+    for a, r in zip(torch.autograd.grad((y * g).sum(), wrt), torch.autograd.grad((y_ref * g).sum(), wrt), strict=True):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
 
 

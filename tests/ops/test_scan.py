@@ -170,7 +170,8 @@ def test_native_with_initial_and_final_state(T, dtype, drop):
     h0 = torch.randn(3, 9, 5, dtype=dtype, requires_grad=True)
     wrt = [uz, h0] + [v for k, v in x.items() if v is not None and k not in ("u", "z")]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
-    outs = [scan.selective_scan(**x, initial_state=h0, return_final_state=True, impl=impl) for impl in ("native", "reference")]
+    outs = [scan.selective_scan(**x, initial_state=h0, return_final_state=True, impl=impl)
+            for impl in ("native", "reference")]
     gy = torch.randn_like(outs[0][0])
     gh = torch.randn_like(outs[0][1])
     grads = [torch.autograd.grad((y * gy).sum() + (h * gh).sum(), wrt) for y, h in outs]
