@@ -116,6 +116,14 @@ def test_native_conv_float32_matches_reference():
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
 
 
+def test_native_conv_takes_bfloat16_in_float32():
+    _cpu_conv("native")
+    x, w = torch.randn(2, 16, 9).bfloat16(), torch.randn(16, 4).bfloat16()
+    y = causal_conv1d(x, w, None, impl="native")
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, causal_conv1d_loop(x.float(), w.float(), None, True).bfloat16())
+
+
 @pytest.mark.parametrize("impl", ["shifts", "native"])
 def test_cpu_conv_with_a_state_is_the_reference(impl):
     impl = _cpu_conv(impl)

@@ -186,9 +186,11 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     """Same contract as ``reference.causal_conv1d``; x (B, C, T), float32/float64 on the CPU."""
     if initial_state is not None or return_final_state:
         return reference.causal_conv1d(x, weight, bias, silu, initial_state, return_final_state)
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu":
+    acc = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 run in float32, cast back
+    if acc not in (torch.float32, torch.float64) or x.device.type != "cpu":
         raise ValueError(f"the native conv runs float32/float64 on the CPU; got {x.dtype} on {x.device}")
-    xt = x.transpose(1, 2)
+    xt = x.transpose(1, 2).to(acc)
     if xt.stride(-1) != 1:
         xt = xt.contiguous()
-    return _NativeConv.apply(xt, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), silu).transpose(1, 2)
+    y = _NativeConv.apply(xt, weight.to(acc), None if bias is None else bias.to(acc), silu)
+    return y.to(x.dtype).transpose(1, 2)
