@@ -296,7 +296,6 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, varian
     capture (a minute or two per variant to build, reported)."""
     from ablate.model import LM, GraphedStep
     from ablate.ops.backends import resolve
-    from ablate.ops.step import impl as step_impl  # fused Triton step kernels or torch
     from ablate.sizing import cache_bytes
 
     modes = ("eager", "graph", "graph_compiled") if decode_compile else ("eager", "graph")
@@ -328,7 +327,7 @@ def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, varian
         rows.append({"section": "inference", "case": f"350M bf16 B=1 context={context} +{new}", "impl": name,
                      "prefill_tok_s": context / (prefill_ms / 1e3), "decode_tok_s": speeds["graph"],
                      "decode_eager_tok_s": speeds["eager"], "decode_compiled_tok_s": speeds.get("graph_compiled"),
-                     "compiled_step_build_s": built_s, "step_impl": step_impl("cuda"),
+                     "compiled_step_build_s": built_s, "step_impl": model.backends.step,
                      "cache_MB_measured": measured / 1e6,
                      "cache_MB_analytic": cache_bytes(cfg, context + new, "bf16")["total"] / 1e6})
         print(rows[-1], flush=True)

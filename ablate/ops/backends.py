@@ -19,6 +19,7 @@ class Backends:
     ssd: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"
+    step: str = "torch"  # one decoding step of the SSM layers: 'triton' (ops/step's fused kernels) or 'torch'
     compile: bool = False  # torch.compile each block for full-sequence forwards (training, prefill)
 
     def as_dict(self) -> dict:
@@ -82,4 +83,5 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
     else:
         scan = "loop"
     return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa",
-                    conv1d="triton" if have["triton"] else "torch", compile=compiled)
+                    conv1d="triton" if have["triton"] else "torch", step="triton" if have["triton"] else "torch",
+                    compile=compiled)

@@ -26,3 +26,18 @@ def test_cpu_resolves_to_the_cpu_paths():
                                          "native" if native_conv.available() else "shifts")
     b = resolve("torch", "cpu")  # pure torch: the loop scan
     assert (b.scan, b.ssd, b.conv1d) == ("loop", "headmajor", "shifts")
+
+
+def test_the_decoding_step_follows_the_backend_asked_for():
+    # the fused Triton step kernels (ops/step) are chosen by Backends.step: never on the CPU, and
+    # never when pure torch was asked for, on any device; the mixers pass it to every step op
+    import torch
+
+    from ablate.ops import step as step_ops
+
+    assert resolve("auto", "cpu").step == "torch"
+    assert resolve("torch", "cuda").step == "torch"
+    t = torch.zeros(2)
+    assert step_ops.fused(t, impl="torch") is None and step_ops.fused(t) is None  # CPU tensors
+    with pytest.raises(ValueError, match="allowed: triton, torch"):
+        step_ops.fused(t, impl="cuda")

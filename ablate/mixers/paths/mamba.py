@@ -39,6 +39,7 @@ class MambaSSM(SSMPath):
         self.in_dim = 2 * d_inner  # x | z
         self.impl = backends.scan
         self.conv_impl = backends.conv1d
+        self.step_impl = backends.step
         self.conv = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, bias=cfg.conv_bias)
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
@@ -66,7 +67,7 @@ class MambaSSM(SSMPath):
         # split token-major, then transpose each: the split's backward then joins dense rows
         # (splitting the transposed tensor made its gradient a transposed copy for in_proj)
         x, z = (t.transpose(1, 2) for t in u.split(self.d_inner, dim=-1))
-        x = cached_conv(x, self.conv, ctx.cache, self.conv_impl)
+        x = cached_conv(x, self.conv, ctx.cache, self.conv_impl, self.step_impl)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split(
             [self.dt_rank, self.cfg.d_state, self.cfg.d_state], dim=-1)
         if self.cfg.inner_norms:
@@ -112,7 +113,7 @@ class MambaSSM(SSMPath):
 
     def run_step(self, state, x, z, dt, B, C):
         y = scan_ops.selective_state_update(state, x[..., 0], dt[..., 0], self.A, B[..., 0], C[..., 0],
-                                            self.D, z[..., 0], self.dt_proj.bias)
+                                            self.D, z[..., 0], self.dt_proj.bias, impl=self.step_impl)
         return y[:, None]
 
 

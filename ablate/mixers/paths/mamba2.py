@@ -41,6 +41,7 @@ class Mamba2SSM(SSMPath):
         self.in_dim = d_inner + self.conv_dim + self.n_heads  # z | xBC | dt
         self.impl = backends.ssd
         self.conv_impl = backends.conv1d
+        self.step_impl = backends.step
         self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim)
         self.dt_bias = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
         self.A_log = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
@@ -61,7 +62,7 @@ class Mamba2SSM(SSMPath):
     def prepare(self, u: Tensor, ctx: Context):
         """-> x (B, T, H, P), z (B, T, d_inner), dt (B, T, H) positive, B, C (B, T, G, N)."""
         z, xBC, dt = u.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC = cached_conv(xBC.transpose(1, 2), self.conv, ctx.cache, self.conv_impl)
+        xBC = cached_conv(xBC.transpose(1, 2), self.conv, ctx.cache, self.conv_impl, self.step_impl)
         x, B, C = xBC.transpose(1, 2).split([self.d_inner, self.bc_dim, self.bc_dim], dim=-1)
         G, N = self.cfg.n_groups, self.cfg.d_state
         x = x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
@@ -88,7 +89,8 @@ class Mamba2SSM(SSMPath):
         return self.norm(y.flatten(2) * F.silu(z)), state
 
     def run_step(self, state, x, z, dt, B, C):
-        y = ssd_ops.ssd_state_update(state, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D)[:, None]
+        y = ssd_ops.ssd_state_update(state, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D,
+                                     impl=self.step_impl)[:, None]
         return self.norm(y.flatten(2) * F.silu(z))
 
 

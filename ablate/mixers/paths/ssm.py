@@ -24,14 +24,14 @@ def stepping(cache: LayerCache | None, T: int) -> bool:
     return cache is not None and cache.ssm is not None and T == 1
 
 
-def cached_conv(x: Tensor, conv: nn.Conv1d, cache: LayerCache | None, impl: str) -> Tensor:
+def cached_conv(x: Tensor, conv: nn.Conv1d, cache: LayerCache | None, impl: str, step_impl: str = "torch") -> Tensor:
     """Causal depthwise conv + SiLU over x (B, C, T). With a cache it continues from the cache's
     conv state and updates it (in place for a single decoding step)."""
     w = conv.weight.squeeze(1)
     if cache is None:
         return causal_conv1d(x, w, conv.bias, impl=impl)
     if stepping(cache, x.shape[-1]):
-        return conv_step(cache.conv, x[..., 0], w, conv.bias)[..., None]
+        return conv_step(cache.conv, x[..., 0], w, conv.bias, impl=step_impl)[..., None]
     y, state = causal_conv1d(x, w, conv.bias, initial_state=cache.conv, return_final_state=True, impl=impl)
     cache.store("conv", state)
     return y

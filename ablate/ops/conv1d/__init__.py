@@ -19,10 +19,11 @@ def causal_conv1d(*args, impl: str = "torch", **kwargs):
     return IMPLS[impl](*args, **kwargs)
 
 
-def conv_step(state, x, weight, bias=None, silu=True):
+def conv_step(state, x, weight, bias=None, silu=True, impl: str = "triton"):
     """One decoding step (reference.conv_step): state (B, C, K-1) shifted in place; x (B, C) -> (B, C).
-    One Triton kernel where ops.step says it applies (CUDA), else the reference."""
-    kernels = step_ops.fused(state, x, weight, bias)
+    impl "triton" (the mixers pass Backends.step): one Triton kernel where ops.step says it applies
+    (CUDA), else (and with "torch") the reference."""
+    kernels = step_ops.fused(state, x, weight, bias, impl=impl)
     if kernels is not None:
         return kernels.conv_step(state, x, weight, bias, silu)
     return reference.conv_step(state, x, weight, bias, silu)

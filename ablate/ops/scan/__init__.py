@@ -48,10 +48,11 @@ def selective_scan(*args, impl: str = "loop", **kwargs):
 
 
 def selective_state_update(h, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                           delta_softplus=True):
+                           delta_softplus=True, impl: str = "triton"):
     """One decoding step. h: (B, D, N) updated in place; u, delta, z: (B, D); B, C: (B, N).
-    One Triton kernel where ops.step says it applies (CUDA), else the reference below."""
-    kernels = step_ops.fused(h, u, delta, A, B, C, D, z, delta_bias)
+    impl "triton" (the mixers pass Backends.step): one Triton kernel where ops.step says it applies
+    (CUDA), else (and with "torch") the reference below."""
+    kernels = step_ops.fused(h, u, delta, A, B, C, D, z, delta_bias, impl=impl)
     if kernels is not None:
         return kernels.selective_state_update(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     y, h_new = reference.selective_scan(

@@ -13,10 +13,11 @@ def ssd(*args, impl: str = "chunked", **kwargs):
     return IMPLS[impl](*args, **kwargs)
 
 
-def ssd_state_update(h, x, dt, A, B, C, D=None):
+def ssd_state_update(h, x, dt, A, B, C, D=None, impl: str = "triton"):
     """One decoding step. h: (B, H, P, N) updated in place; x: (B, H, P); dt: (B, H); B, C: (B, G, N).
-    One Triton kernel where ops.step says it applies (CUDA), else the reference below."""
-    kernels = step_ops.fused(h, x, dt, A, B, C, D)
+    impl "triton" (the mixers pass Backends.step): one Triton kernel where ops.step says it applies
+    (CUDA), else (and with "torch") the reference below."""
+    kernels = step_ops.fused(h, x, dt, A, B, C, D, impl=impl)
     if kernels is not None:
         return kernels.ssd_state_update(h, x, dt, A, B, C, D)
     y, h_new = reference.ssd(x[:, None], dt[:, None], A, B[:, None], C[:, None], D,

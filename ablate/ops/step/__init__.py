@@ -4,8 +4,9 @@
 torch code as the reference and ask ``fused`` whether the Triton kernels of ``step/triton.py`` apply
 instead: Triton importable, every tensor on CUDA in fp32 / bf16 / fp16, and no gradient wanted
 (the kernels have no backward). Everything else, the CPU above all, runs the torch code unchanged.
-The call sites stay as they are, so the choice is not in ``ops.backends.Backends``; ``impl`` says
-which one a device gets (benchmarks/bench.py records it with each decoding row).
+The mixers pass ``Backends.step`` (``ops.backends.resolve``: 'triton' on CUDA with Triton unless the
+backend 'torch' was asked for, else 'torch'); ``impl`` says which one a device gets by default
+(benchmarks/bench.py records it with each decoding row).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ else:
     kernels = None
 
 
-def fused(*tensors):
-    """The Triton step kernels module where they apply to these tensors (None entries skipped),
-    else None (the caller runs its torch reference)."""
-    if kernels is None:
+def fused(*tensors, impl: str = "triton"):
+    """The Triton step kernels module where they apply to these tensors (None entries skipped) and
+    ``impl`` asks for them, else None (the caller runs its torch reference)."""
+    if impl not in ("triton", "torch"):
+        raise ValueError(f"step impl '{impl}'; allowed: triton, torch")
+    if kernels is None or impl == "torch":
         return None
     given = [t for t in tensors if t is not None]
     if not all(t.is_cuda and t.dtype in KERNEL_DTYPES for t in given):
