@@ -78,6 +78,15 @@ def load(name: str, source: str, symbols: tuple[str, ...]) -> ctypes.CDLL:
     return _libs[name]
 
 
+def available(load_fn) -> bool:
+    """Whether ``load_fn()`` (a kernel module's ``load``) finds or builds its library here."""
+    try:
+        load_fn()
+    except RuntimeError:
+        return False
+    return True
+
+
 def ptr(t) -> ctypes.c_void_p:
     return ctypes.c_void_p(None if t is None else t.data_ptr())
 

@@ -18,6 +18,7 @@ import torch
 
 from ablate.ops import conv1d, scan, ssd
 from ablate.ops import step as step_ops
+from ablate.ops.backends import resolve
 from ablate.ops.conv1d import reference as conv_reference
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -193,9 +194,9 @@ def test_conv_steps_chain_match_the_sequence_conv(kernels):
 def test_dispatch_on_cuda_runs_the_kernels(kernels):
     """The ops functions hand CUDA tensors to the kernels (bit-equal results); CPU tensors never."""
     if DEVICE != "cuda":
-        assert step_ops.fused(torch.zeros(2)) is None and step_ops.impl("cpu") == "torch"
+        assert step_ops.fused(torch.zeros(2)) is None and resolve("auto", "cpu").step == "torch"
         pytest.skip("the kernels' dispatch needs CUDA tensors")
-    assert step_ops.impl("cuda") == "triton"
+    assert resolve("auto", "cuda").step == "triton"
     x = ssd_inputs(2, 4, 16, 2, 32, torch.bfloat16)
     h2 = x["h"].clone()
     assert torch.equal(ssd.ssd_state_update(**x), kernels.ssd_state_update(**{**x, "h": h2}))

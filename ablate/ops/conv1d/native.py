@@ -134,11 +134,7 @@ def load():
 
 
 def available() -> bool:
-    try:
-        load()
-    except RuntimeError:
-        return False
-    return True
+    return native_build.available(load)
 
 
 def _suffix(t: Tensor) -> str:

@@ -24,6 +24,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ablate.ops import native_build
+from ablate.ops.native_build import args as _i64  # ints as int64, pointers as they are
+from ablate.ops.native_build import ptr as _ptr
 
 CHUNK = 16  # steps per recomputed block in the backward (2 * CHUNK * N * D values per sample)
 
@@ -261,15 +263,7 @@ def load() -> ctypes.CDLL:
 
 
 def available() -> bool:
-    try:
-        load()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _ptr(t: Tensor | None):
-    return ctypes.c_void_p(None if t is None else t.data_ptr())
+    return native_build.available(load)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -287,10 +281,6 @@ def _common(u, dt, At, B, C, D, z, K):
     b, T, Dm = u.shape
     return [b, T, Dm, At.shape[0], K, *_strided(u), *_strided(dt), _ptr(At), *_strided(B), *_strided(C),
             _ptr(D), *_strided(z)]
-
-
-def _i64(args):
-    return [ctypes.c_int64(a) if isinstance(a, int) else a for a in args]
 
 
 class _NativeScan(torch.autograd.Function):

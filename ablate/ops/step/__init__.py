@@ -5,8 +5,7 @@ torch code as the reference and ask ``fused`` whether the Triton kernels of ``st
 instead: Triton importable, every tensor on CUDA in fp32 / bf16 / fp16, and no gradient wanted
 (the kernels have no backward). Everything else, the CPU above all, runs the torch code unchanged.
 The mixers pass ``Backends.step`` (``ops.backends.resolve``: 'triton' on CUDA with Triton unless the
-backend 'torch' was asked for, else 'torch'); ``impl`` says which one a device gets by default
-(benchmarks/bench.py records it with each decoding row).
+backend 'torch' was asked for, else 'torch'); benchmarks/bench.py records it with each decoding row.
 """
 
 from __future__ import annotations
@@ -37,7 +36,3 @@ def fused(*tensors, impl: str = "triton"):
         return None
     return kernels
 
-
-def impl(device: str | torch.device) -> str:
-    """'triton' where the fused step kernels run on this device (fp32/bf16/fp16, no grad), else 'torch'."""
-    return "triton" if kernels is not None and torch.device(device).type == "cuda" else "torch"
