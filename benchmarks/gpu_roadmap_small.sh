@@ -16,10 +16,21 @@ if [ ! -d results/roadmap-small ] && [ -d studies/roadmap-small/runs ]; then
 fi
 (while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) &
 monitor=$!
-timeout "${STUDY_S:-420}" python3 -m ablate.cli sweep roadmap-small --workers "${WORKERS:-16}" 2>&1 \
+sweep=sweeps/roadmap-small.yaml
+if [ -n "${TASKS:-}" ]; then  # TASKS=text: only those tasks' points of the study (the same runs, the same results)
+  python3 - "$TASKS" <<'PY'
+import sys, yaml
+study = yaml.safe_load(open("sweeps/roadmap-small.yaml"))
+study.update(name="roadmap-small-" + sys.argv[1].replace(",", "-"), tasks=sys.argv[1].split(","),
+             results="results/roadmap-small")
+yaml.safe_dump(study, open("/tmp/roadmap-small-tasks.yaml", "w"), sort_keys=False)
+PY
+  sweep=/tmp/roadmap-small-tasks.yaml
+fi
+timeout "${STUDY_S:-420}" python3 -m ablate.cli sweep "$sweep" --workers "${WORKERS:-16}" 2>&1 \
   | grep -v "WARNING\|For example\|it/s]" | grep -v "^  .* done, .* failed, running" | tail -80
 kill "$monitor" 2>/dev/null
-for run in E-meta-mqar-s0 D-kv-share-mqar-s0; do
+for run in E-meta-{mqar,text}-s0 D-kv-share-{mqar,text}-s0 C-swa-text-s0; do
   [ -f "results/roadmap-small/runs/$run/run.json" ] && \
     timeout 60 python3 -m ablate.cli maps "results/roadmap-small/runs/$run" --out "results/roadmap-small/maps/$run" 2>&1 | tail -3
 done

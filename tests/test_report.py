@@ -116,3 +116,26 @@ def test_study_plots_draw_what_the_study_has(tmp_path):
     assert set(written) == {"history"} and "with parameters" in skipped["importances"]
     for png in (tmp_path / "a").glob("*.png"):
         assert png.stat().st_size > 2000
+
+
+def test_records_without_checkpoints_report_without_maps(tiny_sweep, tmp_path, capsys):
+    """A committed study keeps records and curves, not checkpoints: the probes pick only runs that
+    hold their weights, the report runs from the records alone and says the maps were skipped, and
+    naming a run without weights is a clear error."""
+    import shutil
+
+    from ablate.analysis.report import probe_runs, write_report
+
+    copy = tmp_path / "records"
+    shutil.copytree(tiny_sweep, copy, ignore=shutil.ignore_patterns("report"))
+    kept = copy / "runs" / "llama-mqar-s1"  # the second seed keeps its checkpoint: probed instead of s0
+    for ckpt in copy.glob("runs/*/checkpoints"):
+        if ckpt.parent != kept:
+            shutil.rmtree(ckpt)
+    assert [d.name for d in probe_runs(copy)] == ["llama-mqar-s1"]
+    assert main(["report", str(copy), "--maps-runs", "llama-mqar-s0"]) == 2
+    assert "llama-mqar-s0: no checkpoint" in capsys.readouterr().err
+    shutil.rmtree(kept / "checkpoints")
+    paths = write_report(copy)
+    assert "maps notebook skipped" in capsys.readouterr().out
+    assert "maps_notebook" not in paths and (copy / "report" / "report.html").stat().st_size > 2000

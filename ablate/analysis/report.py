@@ -69,15 +69,28 @@ def study_figures(results: str | Path, figures: str | Path, storage: str | None 
     return study_plots(study, figures)
 
 
+def has_model(run_dir: str | Path) -> bool:
+    """Whether the probes can load the run's weights: its checkpoint, or an export beside the record
+    (records copied without checkpoints, e.g. a committed study, cannot be probed)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "checkpoints" / "last.ckpt").exists() or (run_dir / "model.safetensors").exists()
+
+
 def probe_runs(results: str | Path, names: list[str] | None = None) -> list[Path]:
-    """Run directories to probe: the named runs, else the lowest seed of every variant (and grid point)."""
+    """Run directories to probe: the named runs (each must hold its weights), else the lowest seed
+    of every variant (and grid point) among the runs that hold theirs."""
     runs = finished_runs(results)
     if names:
         missing = sorted(set(names) - set(runs["run"]))
         if missing:
             raise ConfigError(f"{results}: no finished runs named {missing}; have: {', '.join(runs['run'])}")
         chosen = runs[runs["run"].isin(names)]
+        without = sorted(chosen.loc[~chosen["dir"].map(has_model), "run"])
+        if without:
+            raise ConfigError(f"--maps-runs: {', '.join(without)}: no checkpoint (checkpoints/last.ckpt) or export "
+                              "(model.safetensors) in the run directory; allowed: runs that keep their weights")
     else:
+        runs = runs[runs["dir"].map(has_model)]
         keys = ["task", "variant", *[c for c in runs if c.startswith("grid/")]]
         chosen = runs.sort_values("seed").groupby(keys, sort=False, dropna=False).head(1)
     return [Path(d) for d in chosen.sort_index()["dir"]]
@@ -116,8 +129,12 @@ def write_report(results: str | Path, storage: str | None = None, maps_runs: lis
     if compare and (len(compare) != 2 or set(compare) - set(probed)):
         raise ConfigError(f"--compare {','.join(compare)}: allowed: two of the probed runs ({', '.join(probed)}; "
                           "--maps-runs chooses them)")
+    paths["figures"] = out / "figures"
+    if not probed:  # records without weights: the record-only report stands alone
+        print(f"maps notebook skipped: no finished run under {results} keeps its checkpoint or export "
+              "(the probes load the model)")
+        return paths
     paths |= execute("maps", out, {"results": str(results), "out": str(out / "maps"), "runs": maps_runs,
                                    "compare": compare}, kernel)
-    paths["figures"] = out / "figures"
     paths["maps"] = out / "maps"
     return paths
