@@ -174,8 +174,8 @@ class AssembledHybrid(torch.nn.Module):
         self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
 
     def forward(self, x):
-        from ablate.mixers.paths.attention import rope
         from ablate.ops import attention as attn
+        from ablate.ops.rope.reference import rope  # the GPU path resolves RoPE to it
 
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], -1)
@@ -363,9 +363,13 @@ def bench_cpu(rows: list[dict], cpu_sweep: str = "sweeps/default.yaml", cpu_step
     from ablate.ops.backends import resolve
     from ablate.sizing import count_params
     from ablate.sweep.grid import load_sweep
-    from ablate.train.allocator import keep_freed_memory
     from ablate.train.recipe import build_optimizer
 
+    try:
+        from ablate.train.allocator import keep_freed_memory
+    except ImportError:  # an older ablate timed by benchmarks/cpu_revisions.py: its runs had no allocator setting
+        def keep_freed_memory():
+            return None
     keep_freed_memory()  # as a CPU training run does (ablate/train/run.py)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=10000, help="training examples per segment (x2 without --mix)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-out", action="store_true", help="output projections x 1/sqrt(2 layers)")
+    p.add_argument("--zero-out", action="store_true", help="output projections (mixers' and MLPs') start at zero")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override")
     return p.parse_args()
 
@@ -57,6 +58,11 @@ def build(args) -> LM:
             for name, p in model.named_parameters():
                 if name.endswith(("out_proj.weight", "down.weight")):
                     p.mul_(1 / math.sqrt(2 * args.layers))
+    if args.zero_out:  # every block starts as the identity: the residual stream is the embedding alone
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("out_proj.weight", "down.weight")):
+                    p.zero_()
     return model
 
 

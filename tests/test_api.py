@@ -54,7 +54,9 @@ def test_the_lightning_checkpoint_loads_through_lightning(finished_run):
     module = LitLM.load_from_checkpoint(finished_run / "checkpoints" / "last.ckpt", map_location="cpu")
     run = ablate.load_run(finished_run)
     tokens = torch.randint(0, 32, (1, 16))
-    assert torch.equal(module.model.eval()(tokens).logits, run.model(tokens).logits)
+    # the module runs the kernels resolve picks on the CPU (RoPE 'rotation'), load_run the torch
+    # references: the same weights give the same logits up to rounding
+    torch.testing.assert_close(module.model.eval()(tokens).logits, run.model(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_a_run_directory_holds_its_resolved_variant(finished_run):

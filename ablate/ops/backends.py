@@ -19,6 +19,7 @@ class Backends:
     ssd: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"
+    rope: str = "torch"  # the attention path's RoPE: 'torch' (autograd) or 'rotation' (hand-written backward, CPU)
     step: str = "torch"  # one decoding step of the SSM layers: 'triton' (ops/step's fused kernels) or 'torch'
     compile: bool = False  # torch.compile each block for full-sequence forwards (training, prefill)
 
@@ -61,13 +62,15 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
     if requested == "triton" and not have["triton"]:
         raise BackendError("backend 'triton' needs triton: pip install triton")
     if not on_cuda:  # the CPU paths: head-major SSD (pure torch); the scan and the conv compiled from
-        # C++ where a compiler builds them ('auto'; ops/native_build.py), else the torch loop and shifts
+        # C++ where a compiler builds them ('auto'; ops/native_build.py), else the torch loop and shifts;
+        # RoPE with its hand-written backward ('auto': fewer passes over memory, benchmarks/NOTES.md)
         from ablate.ops.conv1d import native as native_conv
         from ablate.ops.scan import native as native_scan
 
         scan = "native" if requested == "auto" and native_scan.available() else "loop"
         conv = "native" if requested == "auto" and native_conv.available() else "shifts"
-        return Backends(scan=scan, ssd="headmajor", conv1d=conv, compile=compiled)
+        rope = "rotation" if requested == "auto" else "torch"
+        return Backends(scan=scan, ssd="headmajor", conv1d=conv, rope=rope, compile=compiled)
     if requested == "torch":
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops

@@ -21,17 +21,8 @@ from torch import Tensor, nn
 from ablate.config import AttentionConfig
 from ablate.mixers.base import Context, LayerCache, LayerSpec, SharedKV
 from ablate.ops import attention as attn_ops
+from ablate.ops import rope as rope_ops
 from ablate.ops.backends import Backends
-
-
-def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
-    """Rotate-half RoPE. x: (B, H, T, D) with even D; pos: (T,)."""
-    half = x.shape[-1] // 2
-    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = pos.float()[:, None] * inv_freq[None, :]  # (T, D/2)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float()[..., :half], x.float()[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 def cache_slot(pos: Tensor, window: int | None, n_meta: int, ring: int) -> Tensor:
@@ -60,6 +51,7 @@ class AttentionHeads(nn.Module):
         self.window = spec.window
         self.role = spec.kv_role
         self.impl = backends.attention
+        self.rope_impl = backends.rope
         self.q_dim = self.n_heads * self.head_dim
         self.k_dim = 0 if self.role == "consumer" else self.n_kv_heads * self.head_dim
         self.v_dim = 0 if self.role == "consumer" else self.n_kv_heads * v_head_dim
@@ -69,13 +61,13 @@ class AttentionHeads(nn.Module):
     def _heads(self, t: Tensor, n: int) -> Tensor:
         return t.unflatten(-1, (n, -1)).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
 
-    def _keys(self, qkv: Tensor, ctx: Context) -> SharedKV:
+    def _keys(self, k: Tensor, v: Tensor, ctx: Context) -> SharedKV:
+        """k, v: this layer's projected (B, T, n_kv * D) slices (empty in a consumer)."""
         if self.role == "consumer":
             if ctx.shared_kv is None:
                 raise RuntimeError("a KV consumer layer ran without its producer's K/V")
             return ctx.shared_kv
-        _, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
-        k = rope(self._heads(k, self.n_kv_heads), ctx.pos, self.theta)
+        k = rope_ops.rope(self._heads(k, self.n_kv_heads), ctx.pos, self.theta, self.rope_impl)
         v = self._heads(v, self.n_kv_heads)
         cache = ctx.cache
         if cache is None:
@@ -114,8 +106,11 @@ class AttentionHeads(nn.Module):
 
     def forward(self, qkv: Tensor, ctx: Context) -> tuple[Tensor, SharedKV, Tensor | None]:
         """qkv: (B, T, in_dim) -> (B, T, H * Dv), the K/V used, probabilities or None."""
-        q = rope(self._heads(qkv[..., : self.q_dim], self.n_heads), ctx.pos, self.theta)
-        kv = self._keys(qkv, ctx)
+        # one split of q|k|v: its backward joins the three gradients in one pass (a slice for q and a
+        # split for k, v cost a zero-filled copy of qkv and an add more)
+        q, k, v = qkv.split([self.q_dim, self.k_dim, self.v_dim], dim=-1)
+        q = rope_ops.rope(self._heads(q, self.n_heads), ctx.pos, self.theta, self.rope_impl)
+        kv = self._keys(k, v, ctx)
         args = (q, kv.k, kv.v, ctx.pos, kv.pos, self.window, ctx.n_meta)
         probs = None
         if ctx.want_map:
