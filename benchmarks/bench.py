@@ -435,10 +435,11 @@ def cpu_name() -> str:
 
 
 def machine_name(rows: list[dict]) -> str:
+    cpu_rows = (*CPU_SECTIONS, "cpu_revisions")  # benchmarks/cpu_revisions.py's rows are CPU timings too
     sections = {r["section"] for r in rows}
-    if sections <= set(CPU_SECTIONS):
+    if sections <= set(cpu_rows):
         return cpu_name()
-    return gpu_name() if not sections & set(CPU_SECTIONS) else f"{gpu_name()}; {cpu_name()}"
+    return gpu_name() if not sections & set(cpu_rows) else f"{gpu_name()}; {cpu_name()}"
 
 
 def write_results(rows: list[dict], out: Path, command: str) -> None:
