@@ -75,7 +75,7 @@ SWEEPS = {  # extra YAML appended to a valid sweep file -> pieces of the message
     "duplicate seeds": ("seeds: [0, 0]", ["key 'seeds' lists [0] more than once"]),
     "impossible match": ("match: {target: 10, knob: mlp.hidden}", ["match", "tolerance"]),
     "unknown match knob": ("match: {target: 10000, knob: size.width}", ["match knob 'size.width'"]),
-    "bad grid key": ("grid: {size.width: [1, 2]}", ["size.width", "d_model"]),
+    "bad grid key": ("grid: {size.width: [1, 2]}", ["grid.size.width", "d_model"]),
     "task section wrong type": ("mqar: {vocab_size: many}", ["mqar.vocab_size", "int"]),
     "empty MQAR training set": ("mqar: {train: []}", ["mqar", "train is empty"]),
     "odd MQAR length": ("mqar: {test: [{seq_len: 15, n_pairs: 2}]}", ["test[0]: seq_len = 15", "even"]),
@@ -174,3 +174,16 @@ def test_recipe_settings_found_wrong_at_run_time_are_clear_errors(option, piece,
 def test_a_table_of_a_folder_without_runs_is_an_error(tmp_path, capsys):
     assert main(["table", str(tmp_path / "nothing")]) == 2
     assert "no run records" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+
+
+def test_a_bad_sets_key_is_named_by_its_section(tmp_path, capsys):
+    """A model key in `sets` (the file's or a variant entry's) is named sets.KEY, one in `grid` grid.KEY."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nvariants: [llama, {name: mamba, sets: {mamba.d_stat: 4}}]\nsets: {size.width: 3}\n")
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "s.yaml" in err and "unknown key 'sets.size.width'" in err and "d_model" in err, err
+    path.write_text("name: s\nvariants: [{name: mamba, sets: {mamba.d_stat: 4}}]\n")
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "variant mamba" in err and "unknown key 'sets.mamba.d_stat'" in err and "d_state" in err, err

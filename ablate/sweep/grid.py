@@ -222,8 +222,11 @@ def _entries(cfg: SweepConfig) -> list[VariantEntry]:
 
 def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, where: str):
     model = load_variant(entry.name).model
-    for key, value in [*cfg.sets.items(), *entry.sets.items(), *knobs]:
-        model = override(model, key, value, where=f"{where}: variant {entry.name}")
+    # each value named by the section it came from (sets.KEY: the file's or the variant entry's; grid.KEY)
+    sourced = [*(("sets.", kv) for kv in cfg.sets.items()), *(("sets.", kv) for kv in entry.sets.items()),
+               *(("grid.", kv) for kv in knobs)]
+    for source, (key, value) in sourced:
+        model = override(model, key, value, where=f"{where}: variant {entry.name}", _prefix=source)
     if cfg.match is not None:
         model = match(model, cfg.match.target, cfg.match.knob, cfg.match.tolerance).cfg
     check_model(model, f"{where}: variant {entry.label or entry.name}")
