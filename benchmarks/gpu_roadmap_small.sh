@@ -3,7 +3,7 @@
 # share the GPU (small models leave it idle); the study resumes where an earlier call stopped (from
 # results/roadmap-small when carried back, else from the records committed in studies/roadmap-small).
 # Then the maps of the meta-token row and its no-meta counterpart (MQAR, seed 0). Records, curves and maps (no checkpoints) come back as
-# $OUT/roadmap-small.tar.gz.   Expects the optuna wheels in .whl and the training corpora in .devdata.
+# $OUT/roadmap-small.tar.gz and $OUT/maps.tar.gz.   Expects the optuna wheels in .whl and the training corpora in .devdata.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
@@ -30,9 +30,14 @@ fi
 timeout "${STUDY_S:-420}" python3 -m ablate.cli sweep "$sweep" --workers "${WORKERS:-16}" 2>&1 \
   | grep -v "WARNING\|For example\|it/s]" | grep -v "^  .* done, .* failed, running" | tail -80
 kill "$monitor" 2>/dev/null
+# the records first, so a call cut short during the maps still brings them back (files over 16 MiB do not)
+tar czf "$OUT/roadmap-small.tar.gz" --exclude='*.ckpt' --exclude='*.pt' --exclude='tokenizer.json' \
+  --exclude='maps' --exclude='study.db*' results/roadmap-small 2>/dev/null
+cp results/roadmap-small/study.db "$OUT/" 2>/dev/null
 for run in E-meta-{mqar,text}-s0 D-kv-share-{mqar,text}-s0 C-swa-text-s0; do
   [ -f "results/roadmap-small/runs/$run/run.json" ] && \
     timeout 60 python3 -m ablate.cli maps "results/roadmap-small/runs/$run" --out "results/roadmap-small/maps/$run" 2>&1 | tail -3
 done
-tar czf "$OUT/roadmap-small.tar.gz" --exclude='*.ckpt' --exclude='*.pt' results/roadmap-small 2>/dev/null
+# the maps' statistics and the global layers' PNGs (each ~1 MB; the PDFs and arrays stay)
+tar czf "$OUT/maps.tar.gz" --exclude='*.npz' --exclude='*.pdf' --exclude='layer[12456].png' results/roadmap-small/maps 2>/dev/null
 ls -la "$OUT"
