@@ -70,10 +70,12 @@ def study_figures(results: str | Path, figures: str | Path, storage: str | None 
 
 
 def has_model(run_dir: str | Path) -> bool:
-    """Whether the probes can load the run's weights: its checkpoint, or an export beside the record
-    (records copied without checkpoints, e.g. a committed study, cannot be probed)."""
+    """Whether the probes can load the run's weights, by the two forms ``ablate.api.load_run`` reads
+    (not imported: analysis imports no model code): a run's checkpoint or an export's config and
+    safetensors. Records copied without checkpoints, e.g. a committed study, cannot be probed."""
     run_dir = Path(run_dir)
-    return (run_dir / "checkpoints" / "last.ckpt").exists() or (run_dir / "model.safetensors").exists()
+    export = (run_dir / "config.json").exists() and (run_dir / "model.safetensors").exists()
+    return export or (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
 def probe_runs(results: str | Path, names: list[str] | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ablate.ops.rope.reference import angles
+from ablate.ops.rope import reference
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -49,8 +49,6 @@ class _Rotation(torch.autograd.Function):
 def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
     """Same contract as ``reference.rope``; x float32/float64 (other dtypes: the reference)."""
     if x.dtype not in (torch.float32, torch.float64):
-        from ablate.ops.rope.reference import rope as reference_rope
-
-        return reference_rope(x, pos, theta)
-    cos, sin = angles(pos, x.shape[-1] // 2, theta, x.device)
+        return reference.rope(x, pos, theta)
+    cos, sin = reference.angles(pos, x.shape[-1] // 2, theta, x.device)
     return _Rotation.apply(x, cos.to(x.dtype), sin.to(x.dtype))
