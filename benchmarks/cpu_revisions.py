@@ -8,6 +8,7 @@ revision), alternating the revisions round by round so a drifting machine slows 
 
     python -m benchmarks.cpu_revisions 8c88248 HEAD            # before issue 17's CPU work, and now
     python -m benchmarks.cpu_revisions 8c88248 HEAD --rounds 3 --steps 10 --out benchmarks/RESULTS.md
+    python -m benchmarks.cpu_revisions 8c88248 WORKTREE   # this checkout's working tree, uncommitted
 
 Each revision's ablate is imported from its worktree (checked: the worker prints where it came
 from). The sweep file is this tree's; keys an older revision does not know and that do not change
@@ -30,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench.py"
+WORKTREE = "WORKTREE"  # the name of this checkout's working tree among the revisions
 
 # run inside the revision's worktree: its ablate, this tree's timing loop
 WORKER = """
@@ -46,6 +48,8 @@ print("ROWS " + json.dumps(rows))
 
 
 def worktree(rev: str) -> tuple[str, Path]:
+    if rev == WORKTREE:  # this checkout as it is, uncommitted changes included
+        return WORKTREE, ROOT
     sha = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -86,7 +90,7 @@ def time_revision(path: Path, sweep: Path, steps: int, warmup: int) -> list[dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("revisions", nargs="+", help="git revisions to time (e.g. 8c88248 HEAD)")
+    p.add_argument("revisions", nargs="+", help="git revisions to time (e.g. 8c88248 HEAD), or WORKTREE")
     p.add_argument("--sweep", default="sweeps/default.yaml", help="the sweep whose variants are timed")
     p.add_argument("--rounds", type=int, default=3, help="rounds; each times every revision once, in turn")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round (median)")

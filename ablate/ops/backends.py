@@ -20,6 +20,7 @@ class Backends:
     attention: str = "sdpa"
     conv1d: str = "torch"
     rope: str = "torch"  # the attention path's RoPE: 'torch' (autograd) or 'rotation' (hand-written backward, CPU)
+    gated_norm: str = "torch"  # Mamba-2's RMSNorm(y SiLU(z)): 'torch' (autograd) or 'native' (compiled C++, CPU)
     step: str = "torch"  # one decoding step of the SSM layers: 'triton' (ops/step's fused kernels) or 'torch'
     compile: bool = False  # torch.compile each block for full-sequence forwards (training, prefill)
 
@@ -47,7 +48,7 @@ def available() -> dict[str, bool]:
 
 def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile: str = "off") -> Backends:
     """'torch': pure-torch everywhere. 'auto': the fastest implementation available on device
-    (on the CPU: the native scan and conv where the C++ compiler builds them).
+    (on the CPU: the native scan, SSD, conv and gated norm where the C++ compiler builds them).
     'triton' / 'cuda': our Triton kernels / mamba-ssm's CUDA kernels, or an error.
     compile: 'on' | 'off' | 'auto' (on with a CUDA device: measured faster, benchmarks/RESULTS.md)."""
     on_cuda = torch.device(device).type == "cuda"
@@ -61,16 +62,22 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         raise BackendError("backend 'cuda' needs mamba-ssm: pip install 'ablate[cuda]'")
     if requested == "triton" and not have["triton"]:
         raise BackendError("backend 'triton' needs triton: pip install triton")
-    if not on_cuda:  # the CPU paths: head-major SSD (pure torch); the scan and the conv compiled from
-        # C++ where a compiler builds them ('auto'; ops/native_build.py), else the torch loop and shifts;
-        # RoPE with its hand-written backward ('auto': fewer passes over memory, benchmarks/NOTES.md)
+    if not on_cuda:  # the CPU paths: the scan, the SSD and the conv compiled from C++ where a compiler
+        # builds them ('auto'; ops/native_build.py), else the torch loop, the head-major SSD and shifts;
+        # Mamba-2's gated norm likewise (else autograd); RoPE with its hand-written backward ('auto':
+        # fewer passes over memory, benchmarks/NOTES.md)
         from ablate.ops.conv1d import native as native_conv
+        from ablate.ops.gated_norm import native as native_norm
         from ablate.ops.scan import native as native_scan
+        from ablate.ops.ssd import native as native_ssd
 
-        scan = "native" if requested == "auto" and native_scan.available() else "loop"
-        conv = "native" if requested == "auto" and native_conv.available() else "shifts"
-        rope = "rotation" if requested == "auto" else "torch"
-        return Backends(scan=scan, ssd="headmajor", conv1d=conv, rope=rope, compile=compiled)
+        auto = requested == "auto"
+        scan = "native" if auto and native_scan.available() else "loop"
+        ssd = "native" if auto and native_ssd.available() else "headmajor"
+        conv = "native" if auto and native_conv.available() else "shifts"
+        norm = "native" if auto and native_norm.available() else "torch"
+        rope = "rotation" if auto else "torch"
+        return Backends(scan=scan, ssd=ssd, conv1d=conv, rope=rope, gated_norm=norm, compile=compiled)
     if requested == "torch":
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops

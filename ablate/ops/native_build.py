@@ -1,4 +1,5 @@
-"""Build and load the CPU kernels written in C++ (``ops/scan/native.py``, ``ops/conv1d/native.py``).
+"""Build and load the CPU kernels written in C++ (``ops/scan/native.py``, ``ops/conv1d/native.py``,
+``ops/ssd/native.py``, ``ops/gated_norm/native.py``).
 
 Each source is compiled once per machine with the system C++ compiler into a cache directory
 (``$ABLATE_NATIVE_CACHE``, else ``~/.cache/ablate/native``), the file named by a hash of the

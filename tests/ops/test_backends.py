@@ -19,13 +19,16 @@ def test_unknown_compile_choice_is_an_error_naming_the_allowed_values():
 
 def test_cpu_resolves_to_the_cpu_paths():
     from ablate.ops.conv1d import native as native_conv
+    from ablate.ops.gated_norm import native as native_norm
     from ablate.ops.scan import native as native_scan
+    from ablate.ops.ssd import native as native_ssd
 
     b = resolve("auto", "cpu")
-    assert (b.scan, b.ssd, b.conv1d) == ("native" if native_scan.available() else "loop", "headmajor",
-                                         "native" if native_conv.available() else "shifts")
+    assert (b.scan, b.ssd, b.conv1d, b.gated_norm) == (
+        "native" if native_scan.available() else "loop", "native" if native_ssd.available() else "headmajor",
+        "native" if native_conv.available() else "shifts", "native" if native_norm.available() else "torch")
     b = resolve("torch", "cpu")  # pure torch: the loop scan
-    assert (b.scan, b.ssd, b.conv1d) == ("loop", "headmajor", "shifts")
+    assert (b.scan, b.ssd, b.conv1d, b.gated_norm) == ("loop", "headmajor", "shifts", "torch")
 
 
 def test_the_decoding_step_follows_the_backend_asked_for():

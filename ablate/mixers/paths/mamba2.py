@@ -22,6 +22,7 @@ from ablate.config import Mamba2Config
 from ablate.layers import RMSNorm, no_reinit, no_weight_decay
 from ablate.mixers.base import Context
 from ablate.mixers.paths.ssm import SSMPath, cached_conv, inverse_softplus_dt
+from ablate.ops import gated_norm as norm_ops
 from ablate.ops import ssd as ssd_ops
 from ablate.ops.backends import Backends
 from ablate.ops.ssd.reference import expand_groups
@@ -42,11 +43,12 @@ class Mamba2SSM(SSMPath):
         self.impl = backends.ssd
         self.conv_impl = backends.conv1d
         self.step_impl = backends.step
+        self.norm_impl = backends.gated_norm
         self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim)
         self.dt_bias = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
         self.A_log = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
         self.D = no_weight_decay(no_reinit(nn.Parameter(torch.empty(self.n_heads))))
-        self.norm = RMSNorm(d_inner, norm_eps)
+        self.norm = RMSNorm(d_inner, norm_eps)  # its weight and eps; applied with the gate by ops.gated_norm
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -86,12 +88,15 @@ class Mamba2SSM(SSMPath):
         y = ssd_ops.ssd(x, dt, self.A, B, C, self.D, initial_state=initial_state,
                         return_final_state=with_state, impl=self.impl)
         y, state = y if with_state else (y, None)
-        return self.norm(y.flatten(2) * F.silu(z)), state
+        return self.gated_norm(y.flatten(2), z), state
 
     def run_step(self, state, x, z, dt, B, C):
         y = ssd_ops.ssd_state_update(state, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D,
                                      impl=self.step_impl)[:, None]
-        return self.norm(y.flatten(2) * F.silu(z))
+        return self.gated_norm(y.flatten(2), z)
+
+    def gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
+        return norm_ops.gated_rms_norm(y, z, self.norm.weight, self.norm.eps, impl=self.norm_impl)
 
 
 def dense_implicit_map(ssm: Mamba2SSM, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:

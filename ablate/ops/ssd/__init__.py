@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ablate.ops import step as step_ops
-from ablate.ops.ssd import chunked, headmajor, reference
+from ablate.ops.ssd import chunked, headmajor, native, reference
 
-# headmajor: the CPU path (ops.backends picks it without CUDA)
-IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd, "headmajor": headmajor.ssd}
+# native: the CPU path where its C++ builds, headmajor where not (ops.backends picks them without CUDA)
+IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd, "headmajor": headmajor.ssd,
+         "native": native.ssd}  # CPU only, compiled on first use (ops.backends checks it builds)
 
 
 def ssd(*args, impl: str = "chunked", **kwargs):
