@@ -123,7 +123,7 @@ def _keys(args) -> int:
 
 def _train(args) -> int:
     from ablate.train.config import run_config
-    from ablate.train.run import train
+    from ablate.train.run import rank_zero, train
     from ablate.train.tracking import WandbConfig
 
     if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
@@ -133,6 +133,8 @@ def _train(args) -> int:
         cfg = dataclasses.replace(cfg, wandb=cfg.wandb or WandbConfig())
     run_dir = Path(args.out) / (args.name or f"{Path(args.variant).stem}-{cfg.task}-s{cfg.recipe.seed}")
     record = train(cfg, run_dir, progress=not args.quiet, replace=args.overwrite)
+    if not rank_zero():  # a multi-device run's other processes ran the same command: one summary
+        return 0
     print(json.dumps({"run_dir": str(run_dir), "status": record["status"],
                       "tokens_per_s": record.get("tokens_per_s"), **record.get("metrics", {})}, indent=2))
     print(f"record: {run_dir / 'run.json'}\nmetrics: {run_dir / 'logs'}/attempt*/metrics.csv\n"

@@ -4,6 +4,7 @@ names the file (or option), the key and what is allowed; never a traceback, neve
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ablate.cli import main
 
@@ -142,7 +143,7 @@ def test_unknown_variant_and_task(tmp_path, capsys):
 
 
 def test_a_strategy_this_machine_cannot_run_is_a_clear_error(tmp_path, capsys):
-    options = ["--set", "recipe.strategy=fsdp", "--set", "recipe.accelerator=cpu", "--set", "recipe.devices=2",
+    options = ["--set", "recipe.strategy=deepspeed", "--set", "recipe.accelerator=cpu", "--set", "recipe.devices=2",
                "--set", "size.d_model=32", "--set", "size.n_layers=2", "--set", "mqar.vocab_size=32",
                "--set", "mqar.train=[{seq_len: 16, n_pairs: 2, n_examples: 100}]",
                "--set", "mqar.test=[{seq_len: 16, n_pairs: 2, n_examples: 10}]",
@@ -150,6 +151,17 @@ def test_a_strategy_this_machine_cannot_run_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "llama", "--out", str(tmp_path / "runs"), *options]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: recipe (accelerator, devices, strategy, precision)") and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_accelerator_on_a_machine_without_one_is_a_clear_error(tmp_path, capsys):
+    options = ["--set", "recipe.accelerator=gpu", "--set", "size.d_model=32", "--set", "size.n_layers=2",
+               "--set", "mqar.vocab_size=32", "--set", "mqar.train=[{seq_len: 16, n_pairs: 2, n_examples: 100}]",
+               "--set", "mqar.test=[{seq_len: 16, n_pairs: 2, n_examples: 10}]",
+               "--set", f"mqar.cache_dir={tmp_path / 'cache'}"]
+    assert main(["train", "llama", "--out", str(tmp_path / "runs"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe.accelerator = 'gpu'") and "allowed here: auto, cpu" in err, err
 
 
 def test_a_results_path_that_cannot_be_a_directory_is_a_clear_error(tmp_path, capsys):

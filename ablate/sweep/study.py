@@ -34,6 +34,7 @@ import time
 import warnings
 
 import optuna
+import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
@@ -42,6 +43,7 @@ from ablate.config import ConfigError
 from ablate.sweep.grid import Sweep, load_sweep
 from ablate.sweep.search import Objective, grid_points, resolve_objectives, suggest
 from ablate.train.identity import identity
+from ablate.train.own_process import spans_devices, train_in_own_process
 from ablate.train.run import metric_specs, read_record, train
 
 HEARTBEAT_S = 20
@@ -267,7 +269,10 @@ def run_point(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
     storage.set_trial_user_attr(trial_id, "run_dir", str(sweep.run_dir(point)))
     with Heartbeat(storage, trial_id, sweep.cfg.heartbeat_s):
         try:  # the file is authoritative: a run of an older version of the point is moved aside
-            record = train(cfg, sweep.run_dir(point), replace=True)
+            if spans_devices(cfg.recipe):  # its other ranks re-run a command line: not the sweep's
+                record = train_in_own_process(cfg, sweep.run_dir(point), replace=True, threads=torch.get_num_threads())
+            else:
+                record = train(cfg, sweep.run_dir(point), replace=True)
         except Exception as err:  # the sweep goes on; the reason stays in the study and run.json
             failed(study, storage, trial_id, number, err)
             return
@@ -305,8 +310,11 @@ def run_trial(study, storage, sweep: Sweep, claimed: tuple[int, int, str]) -> No
 
     with Heartbeat(storage, trial_id, sweep.cfg.heartbeat_s):
         try:  # a finished run of the same values is returned as it is (train skips it)
-            record = train(cfg, run_dir, replace=True,
-                           should_stop=should_stop if search.pruner.name != "none" else None)
+            if spans_devices(cfg.recipe):  # in a process of its own, which the pruner cannot reach
+                record = train_in_own_process(cfg, run_dir, replace=True, threads=torch.get_num_threads())
+            else:
+                record = train(cfg, run_dir, replace=True,
+                               should_stop=should_stop if search.pruner.name != "none" else None)
         except Exception as err:
             failed(study, storage, trial_id, number, err)
             return

@@ -14,9 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config import ModelConfig, from_dict, to_dict
+from ablate.layers import no_weight_decay
 from ablate.model import LM
 from ablate.ops.backends import Backends
 from ablate.train.recipe import RecipeConfig, build_optimizer
+
+
+def fsdp2():
+    """-> (fully_shard, FSDPModule): public in torch.distributed.fsdp since torch 2.6."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:  # torch 2.5
+        from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+    return fully_shard, FSDPModule
 
 
 class LitLM(L.LightningModule):
@@ -37,6 +47,25 @@ class LitLM(L.LightningModule):
                                    "val_names": list(val_names), "backends": (backends or Backends()).as_dict()})
         self.model = LM(model_cfg, backends)
         self.recipe, self.max_steps, self.val_names = recipe, max_steps, val_names
+
+    def configure_model(self):
+        """Under recipe.strategy fsdp (Lightning's ModelParallelStrategy gives the module a device
+        mesh): FSDP2 shards each block, then the root (embedding, tied head, meta tokens, final
+        norm), so one block's weights are gathered at a time. Otherwise nothing to do."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        fully_shard, FSDPModule = fsdp2()
+        if isinstance(self.model, FSDPModule):  # configure_model runs again for validate/test
+            return
+        # sharding replaces every parameter by a DTensor: the weight-decay tags move by name
+        untagged = {name for name, p in self.model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        for block in self.model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        for name, p in self.model.named_parameters():
+            if name in untagged:
+                no_weight_decay(p)
 
     def training_step(self, batch, batch_idx):
         inputs, labels = batch

@@ -39,8 +39,8 @@ class RecipeConfig:
     eval_every: int = knob(100, "steps between evaluations (and checkpoints); divides max_steps")
     seed: int = knob(0, "seed of the init and of the batch order")
     accelerator: str = knob("auto", "Lightning accelerator: auto | cpu | gpu")
-    devices: int | str = knob("auto", "Lightning devices: auto | N | list (several: recipe.strategy ddp)")
-    strategy: str = knob("auto", "Lightning strategy: auto | ddp | fsdp")
+    devices: int | str = knob("auto", "Lightning devices: auto | N | list (several: recipe.strategy ddp or fsdp)")
+    strategy: str = knob("auto", "Lightning strategy: auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)")
 
     def __post_init__(self):  # single-field bounds; how fields fit together is ``check``'s
         require(self, lr=(1e-12, None), eps=(0.0, None), weight_decay=(0.0, None), warmup_steps=(0, None),

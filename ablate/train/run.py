@@ -41,7 +41,8 @@ from ablate.train.allocator import keep_freed_memory
 from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, StopCheck, Throughput
 from ablate.train.config import RunConfig
 from ablate.train.identity import check_identity, identity
-from ablate.train.module import LitLM
+from ablate.model import LM
+from ablate.train.module import LitLM, fsdp2
 from ablate.train.tracking import finish_tracking, tensorboard_logger, wandb_logger
 
 
@@ -156,6 +157,11 @@ def quiet_lightning() -> None:
                  "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning on new torch
+    # FSDP2 warns that a block returns views (a mixer's K/V for the layers sharing them); the model
+    # never writes into a block's outputs in place (tests/test_ddp.py: fsdp equals one process)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    # validation metrics are summed over the ranks by hand (LitLM.on_validation_epoch_end)
+    warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('val/.*sync_dist=True")
     warnings.filterwarnings("ignore", message=r".*does not have many workers")  # in-memory data needs none
     warnings.filterwarnings("ignore", message=r".*LitModelCheckpoint|.*litmodels")
 
@@ -178,6 +184,43 @@ def make_trainer(**kwargs) -> L.Trainer:
         return L.Trainer(**kwargs)
     except (ValueError, TypeError, AssertionError, RuntimeError, MisconfigurationException) as err:
         raise ConfigError(f"recipe (accelerator, devices, strategy, precision): {err}") from None
+
+
+def lightning_strategy(strategy: str, devices: int | str | list, on_gpu: bool):
+    """recipe.strategy -> what the Trainer takes. ``fsdp`` is FSDP2 (``fully_shard``, applied to each
+    block and the root in ``LitLM.configure_model``) through Lightning's ModelParallelStrategy:
+    one data-parallel dimension over every device, no tensor parallelism, and ``last.ckpt`` one
+    file of full (unsharded) weights and optimizer state gathered on rank 0, so it resumes on any
+    number of devices and loads without the strategy. FSDP2 runs on the CPU too (gloo), which
+    Lightning's older FSDPStrategy refuses, so the CPU tests cover it."""
+    if strategy != "fsdp":
+        return strategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if isinstance(devices, list):
+        count = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, int) or str(devices).isdigit():
+        count = int(devices)
+    else:
+        raise ConfigError(f"recipe.devices = {devices!r}: with recipe.strategy fsdp give a count, a list or auto")
+    return ModelParallelStrategy(data_parallel_size=count, tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
+def trained_model(module: LitLM, device: torch.device) -> torch.nn.Module:
+    """The trained LM for the evaluations, on ``device``. Under fsdp its full weights are gathered
+    from the shards into a plain LM (a collective: every rank calls it), so that an evaluation runs
+    ordinary forwards with no collectives of its own."""
+    model = module.model
+    if not isinstance(model, fsdp2()[1]):
+        return model.to(device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    plain = LM(model.cfg, model.backends)
+    plain.load_state_dict(full)
+    return plain.to(device)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: bool = False,
@@ -204,6 +247,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
     model_cfg = dataclasses.replace(cfg.model, size=dataclasses.replace(cfg.model.size, vocab_size=vocab))
     accelerator = cfg.recipe.accelerator
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu and not torch.cuda.is_available():
+        raise ConfigError(f"recipe.accelerator = {accelerator!r}, but this machine has no CUDA GPU that torch "
+                          f"{torch.__version__} can use; allowed here: auto, cpu")
     if not on_gpu:
         keep_freed_memory()  # the step's few-MB activations are reused, not page-faulted in anew
     precision = cfg.recipe.precision
@@ -250,7 +296,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
         ckpt_dir = run_dir / "checkpoints"
         trainer = make_trainer(
             max_steps=max_steps, max_epochs=max_steps // steps_per_epoch,
-            accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices, strategy=cfg.recipe.strategy,
+            accelerator=cfg.recipe.accelerator, devices=cfg.recipe.devices,
+            strategy=lightning_strategy(cfg.recipe.strategy, cfg.recipe.devices, on_gpu),
             precision=precision, gradient_clip_val=cfg.recipe.grad_clip or None,
             logger=loggers, log_every_n_steps=min(10, steps_per_epoch),
             callbacks=[throughput, EvalCheckpoint(ckpt_dir / "last.ckpt"),  # the checkpoint first, then
@@ -279,7 +326,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = False, replace: 
             trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         # Lightning's teardown has moved the model back to the CPU: evaluate where training ran
-        evaluations = evaluate(cfg, module.model.to(trainer.strategy.root_device), data, run_dir)
+        # (every rank gathers under fsdp; the first evaluates and writes, as it writes the record)
+        model = trained_model(module, trainer.strategy.root_device) if cfg.evaluate else None
+        evaluations = evaluate(cfg, model, data, run_dir) if model is not None and rank_zero() else {}
         for logger in loggers:  # the evaluations' metrics go wherever the training curves went
             logger.log_metrics(evaluations, step=trainer.global_step)
         metrics.update(evaluations)
