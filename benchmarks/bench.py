@@ -291,17 +291,25 @@ def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), var
 
 
 def bench_inference(rows: list[dict], context: int = 8000, new: int = 64, variants=CORE,
-                    decode_compile: bool = False, **_) -> None:
+                    decode_compile: bool = False, step_impls=("auto",), **_) -> None:
     """Decoding eager and replayed as a CUDA graph; with decode_compile also compiled before
-    capture (a minute or two per variant to build, reported)."""
+    capture (a minute or two per variant to build, reported). ``step_impls``: the SSM layers'
+    decoding-step kernels to time, each a row ('auto': what resolve picks, the fused Triton kernels
+    on CUDA; 'torch': the reference ops), the same weights for every row of a variant."""
+    import dataclasses
+
     from ablate.model import LM, GraphedStep
     from ablate.ops.backends import resolve
     from ablate.sizing import cache_bytes
 
     modes = ("eager", "graph", "graph_compiled") if decode_compile else ("eager", "graph")
-    for name in variants:
+    for name, impl in ((n, i) for n in variants for i in step_impls):
         cfg = core_model(name, "350M")
-        model = LM(cfg, resolve("auto", "cuda")).cuda().bfloat16().eval()
+        backends = resolve("auto", "cuda")
+        if impl != "auto":
+            backends = dataclasses.replace(backends, step=impl)
+        torch.manual_seed(0)
+        model = LM(cfg, backends).cuda().bfloat16().eval()
         prompt = torch.randint(0, cfg.size.vocab_size, (1, context), device="cuda")
         with torch.no_grad():
             prefill_ms = median_ms(lambda model=model, p=prompt: model(p, model.new_cache(context + new)),
@@ -519,6 +527,8 @@ def build_parser():
                    help="model section: torch.compile blocks: on, off or off,on")
     p.add_argument("--variants", type=comma_list(CORE), default=list(CORE),
                    help="model and inference sections: comma list of core variants (default all)")
+    p.add_argument("--step-impls", type=comma_list(("auto", "torch", "triton")), default=["auto"],
+                   help="inference section: the SSM decoding-step kernels, one row each (auto | torch | triton)")
     p.add_argument("--decode-compile", action="store_true",
                    help="inference section: also time the decoding step compiled before capture (minutes per variant)")
     peer_pairs, peer_parts = _peers_choices()
@@ -553,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     run(args.sections, Path(args.out), "python -m benchmarks.bench " + " ".join(argv), sizes=args.sizes,
         compile_modes=args.compile, variants=args.variants, decode_compile=args.decode_compile,
+        step_impls=args.step_impls,
         cpu_sweep=args.cpu_sweep, cpu_steps=args.cpu_steps, cpu_warmup=args.cpu_warmup,
         cpu_rounds=args.cpu_rounds, peers_pairs=args.peers_pairs, peers_parts=args.peers_parts,
         peers_steps=args.peers_steps, peers_warmup=args.peers_warmup, peers_context=args.peers_context,
