@@ -475,7 +475,7 @@ def measure_ours_decode(cfg: ModelConfig, batch: int, context: int, new: int, co
     warm = 4
     with torch.no_grad():
         cache = model.new_cache(context + warm + new)
-        nxt = model(prompt, cache).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = model(prompt, cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
         if DEVICE == "cuda":
             step = GraphedStep(model, cache, batch, compile=compile_step)
         else:  # the CPU tests: no graphs to capture

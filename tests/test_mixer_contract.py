@@ -176,6 +176,9 @@ def test_variant_contract(name):
     steps = [model(tokens[:, :4], cache).logits, model(tokens[:, 4:8], cache).logits]
     steps += [model(tokens[:, i : i + 1], cache).logits for i in range(8, T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits, rtol=1e-5, atol=1e-5)
+    last = model(tokens, model.new_cache(T), last_only=True).logits  # a prefill's last logits only
+    assert last.shape == (B, 1, V)
+    torch.testing.assert_close(last[:, 0], logits[:, -1], rtol=1e-10, atol=1e-10)
 
     maps = model(tokens, return_maps=True).maps
     assert len(maps) == cfg.size.n_layers

@@ -193,10 +193,10 @@ def test_compiled_graphed_step_matches_eager_step(variant):
             assert rel_err(step(tokens[:, t : t + 1]), eager) < 1e-4
 
 
-@pytest.mark.parametrize("variant", ["mamba2", "hymba", "samba"])
+@pytest.mark.parametrize("variant", ["mamba", "mamba2", "hymba", "samba"])
 def test_compiled_blocks_match_eager_forward_and_backward(variant):
-    """torch.compile of each block (the scan kernel called as it is, the chunked SSD and the rest
-    compiled) is as close to the fp32 model as the eager model is, in logits and gradients under
+    """torch.compile of each block (the scan and conv kernels traced as custom ops, the chunked SSD
+    and the rest compiled) is as close to the fp32 model as the eager model is, in logits and gradients under
     bf16 autocast (as training runs); decoding still uses the eager blocks.
 
     Compiled and eager bf16 differ from each other by bf16 rounding (fused kernels keep
@@ -230,3 +230,28 @@ def test_compiled_blocks_match_eager_forward_and_backward(variant):
     cache = fast.new_cache(5)
     with torch.no_grad():
         assert rel_err(fast(tokens[:, :5], cache).logits, eager(tokens[:, :5]).logits) < 1e-3
+
+
+@pytest.mark.parametrize("variant", ["mamba", "samba"])
+def test_a_compiled_block_is_one_graph(variant):
+    """The Triton scan and conv are custom ops that dynamo traces: a Mamba block compiles to one graph
+    (with torch.compiler.disable a Mamba block broke into 7 pieces, whose host-side cost left the
+    GPU idle: benchmarks/NOTES.md)."""
+    import torch._dynamo as dynamo
+
+    from ablate.mixers.base import Context
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
+    from tests.conftest import tiny
+
+    model = LM(tiny(load_variant(variant).model), resolve("auto", "cuda")).cuda()
+    d = model.cfg.size.d_model
+    for block in model.blocks:
+        if not block.mixer.has_ssm:
+            continue
+        h = torch.randn(2, 40 + model.n_meta, d, device="cuda", requires_grad=True)
+        ctx = Context(pos=torch.arange(h.shape[1], device="cuda"), n_meta=model.n_meta, cache=None,
+                      shared_kv=None, want_map=False)
+        explained = dynamo.explain(block)(h, ctx)
+        assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]

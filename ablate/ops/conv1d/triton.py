@@ -112,42 +112,70 @@ def _grid(x: Tensor, splits: int = 0):
     return (B, triton.cdiv(C, BLOCK_C), splits or triton.cdiv(T, BLOCK_T))
 
 
-class _CausalConv1d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, state, silu):
-        if not (x.is_contiguous() or x.transpose(1, 2).is_contiguous()):  # time- or channels-contiguous
-            x = x.contiguous()
-        B, C, T = x.shape
-        K = weight.shape[1]
-        w = weight.contiguous()
-        s = state.contiguous() if state is not None else None
-        y = torch.empty_like(x)  # in x's memory order
-        _fwd_kernel[_grid(x)](x, s, w, bias, y, T, C, *x.stride(), K=K, SILU=silu, BLOCK_C=BLOCK_C,
-                              BLOCK_T=BLOCK_T, num_warps=WARPS)
-        ctx.save_for_backward(x, w, bias, s)
-        ctx.silu = silu
-        return y
+def _layout(x: Tensor) -> Tensor:
+    """x as the kernels read it: time- or channels-contiguous, else copied to time-contiguous."""
+    return x if x.is_contiguous() or x.transpose(1, 2).is_contiguous() else x.contiguous()
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, bias, s = ctx.saved_tensors
-        B, C, T = x.shape
-        K = w.shape[1]
-        if dy.stride() != x.stride():  # the kernel reads dy in x's memory order
-            dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
-        dx = torch.empty_like(x)
-        dw = torch.zeros(C, K, dtype=torch.float32, device=x.device)
-        dbias = torch.zeros(C, dtype=torch.float32, device=x.device) if bias is not None else None
-        n_tblocks = triton.cdiv(T, BLOCK_T)
-        # enough programs to fill the GPU (~1000), the fewest per weight for the final adds
-        splits = max(1, min(n_tblocks, 1024 // (B * triton.cdiv(C, BLOCK_C))))
-        _bwd_kernel[_grid(x, splits)](x, s, w, bias, dy, dx, dw, dbias, T, C, *x.stride(), n_tblocks, K=K,
-                                      KP=triton.next_power_of_2(K), SILU=ctx.silu, BLOCK_C=BLOCK_C,
-                                      BLOCK_T=BLOCK_T, num_warps=WARPS)
-        dstate = None
-        if s is not None and ctx.needs_input_grad[3]:
-            dstate = _state_grad(x, w, bias, s, dy, ctx.silu)
-        return dx, dw.to(w.dtype), dbias.to(bias.dtype) if bias is not None else None, dstate, None
+
+# Registered as torch custom ops, so a compiled block traces through the conv instead of breaking
+# its graph there (see ops/scan/triton.py). The carried-state case keeps the autograd Function below.
+@torch.library.custom_op("ablate::causal_conv1d_fwd", mutates_args=(), device_types="cuda",
+                         schema="(Tensor x, Tensor w, Tensor? bias, Tensor? state, bool silu) -> Tensor")
+def _conv_fwd(x, w, bias, state, silu):
+    B, C, T = x.shape
+    y = torch.empty_like(x)  # in x's memory order
+    _fwd_kernel[_grid(x)](x, state, w, bias, y, T, C, *x.stride(), K=w.shape[1], SILU=silu, BLOCK_C=BLOCK_C,
+                          BLOCK_T=BLOCK_T, num_warps=WARPS)
+    return y
+
+
+@_conv_fwd.register_fake
+def _(x, w, bias, state, silu):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("ablate::causal_conv1d_bwd", mutates_args=(), device_types="cuda",
+                         schema="(Tensor x, Tensor w, Tensor? bias, Tensor? state, Tensor dy, bool silu) "
+                                "-> (Tensor, Tensor, Tensor)")
+def _conv_bwd(x, w, bias, state, dy, silu):
+    """-> dx (x's memory order), dw, dbias (empty without a bias)."""
+    B, C, T = x.shape
+    K = w.shape[1]
+    if dy.stride() != x.stride():  # the kernel reads dy in x's memory order
+        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
+    dx = torch.empty_like(x)
+    dw = torch.zeros(C, K, dtype=torch.float32, device=x.device)
+    dbias = torch.zeros(C, dtype=torch.float32, device=x.device) if bias is not None else None
+    n_tblocks = triton.cdiv(T, BLOCK_T)
+    # enough programs to fill the GPU (~1000), the fewest per weight for the final adds
+    splits = max(1, min(n_tblocks, 1024 // (B * triton.cdiv(C, BLOCK_C))))
+    _bwd_kernel[_grid(x, splits)](x, state, w, bias, dy, dx, dw, dbias, T, C, *x.stride(), n_tblocks, K=K,
+                                  KP=triton.next_power_of_2(K), SILU=silu, BLOCK_C=BLOCK_C,
+                                  BLOCK_T=BLOCK_T, num_warps=WARPS)
+    return dx, dw.to(w.dtype), dbias.to(bias.dtype) if bias is not None else x.new_empty(0)
+
+
+@_conv_bwd.register_fake
+def _(x, w, bias, state, dy, silu):
+    return torch.empty_like(x), torch.empty_like(w), torch.empty_like(bias) if bias is not None else x.new_empty(0)
+
+
+def _conv_setup(ctx, inputs, output):
+    x, w, bias, state, silu = inputs
+    ctx.save_for_backward(x, w, bias, state)
+    ctx.silu = silu
+
+
+def _conv_backward(ctx, dy):
+    x, w, bias, state = ctx.saved_tensors
+    dx, dw, dbias = _conv_bwd(x, w, bias, state, dy, ctx.silu)
+    dstate = None
+    if state is not None and ctx.needs_input_grad[3]:
+        dstate = _state_grad(x, w, bias, state, dy, ctx.silu)
+    return dx, dw, dbias if bias is not None else None, dstate, None
+
+
+_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 def _state_grad(x, w, bias, s, dy, silu):
@@ -164,10 +192,10 @@ def _state_grad(x, w, bias, s, dy, silu):
     return ds.to(s.dtype)
 
 
-@torch.compiler.disable  # a compiled block calls the kernel as it is
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
                   initial_state: Tensor | None = None, return_final_state: bool = False):
-    y = _CausalConv1d.apply(x, weight, bias, initial_state, silu)
+    state = initial_state.contiguous() if initial_state is not None else None
+    y = _conv_fwd(_layout(x), weight.contiguous(), bias, state, silu)
     if not return_final_state:
         return y
     K, T = weight.shape[1], x.shape[-1]

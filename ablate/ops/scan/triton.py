@@ -382,56 +382,105 @@ def _steps_per_thread() -> tuple[int, int]:
     return steps, steps.bit_length() - 1
 
 
-class _SelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-        z = z.contiguous() if z is not None else None
-        batch, dim, T = u.shape
-        N = A.shape[1]
-        steps, log_steps = _steps_per_thread()
-        n_chunks = triton.cdiv(T, LANES * steps)
-        out = torch.empty_like(u)
-        hT = u.new_empty(batch, dim, N, dtype=torch.float32)
-        ckpt = u.new_empty(batch, dim, n_chunks, N, dtype=torch.float32)
-        A32 = A.float().contiguous()
-        warps = CONFIG["fwd_warps"]
-        _fwd_kernel[(batch, triton.cdiv(dim, warps))](
-            u, delta, A32, B, C, D, z, delta_bias, h0, out, hT, ckpt, T, dim, n_chunks,
-            N=N, S=steps, LOG_S=log_steps, W=warps, SOFTPLUS=softplus, num_warps=warps)
-        ctx.save_for_backward(u, delta, A32, B, C, D, z, delta_bias, ckpt, h0)
-        ctx.softplus, ctx.steps = softplus, (steps, log_steps)
-        return out, hT
+# The kernels are registered as torch custom ops (forward, backward, and the autograd formula that
+# joins them), so a compiled block traces through the scan instead of breaking its graph there:
+# with torch.compiler.disable each Mamba block ran as 7 compiled pieces, and the host-side cost of
+# entering them left the H200 idle ~16 ms of a 120 ms training step (benchmarks/NOTES.md). Traced,
+# the .contiguous() copies below also become inductor kernels. Optional outputs of the backward are
+# empty tensors (custom ops return no None).
 
-    @staticmethod
-    def backward(ctx, dout, dhT):
-        u, delta, A, B, C, D, z, delta_bias, ckpt, h0 = ctx.saved_tensors
-        batch, dim, T = u.shape
-        N = A.shape[1]
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
-        dB32 = u.new_zeros(batch, N, T, dtype=torch.float32)
-        dC32 = u.new_zeros(batch, N, T, dtype=torch.float32)
-        dD_part = u.new_empty(batch, dim, dtype=torch.float32)
-        dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
-        steps, log_steps = ctx.steps  # the forward's chunks: ckpt holds the state at each one's start
-        warps = CONFIG["bwd_warps"]
-        _bwd_kernel[(batch, triton.cdiv(dim, warps))](
-            u, delta, A, B, C, D, z, delta_bias, ckpt, dout.contiguous(),
-            dhT.contiguous() if dhT is not None else None,
-            du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2],
-            N=N, S=steps, LOG_S=log_steps, W=warps, SOFTPLUS=ctx.softplus, num_warps=warps)
-        dB, dC = dB32.to(B.dtype), dC32.to(C.dtype)
-        dA = dA_part.sum(0)
-        dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-        dbias = None
-        if delta_bias is not None:
-            dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0 if h0 is not None else None
+_FWD_SCHEMA = ("(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+               "Tensor? h0, bool softplus, int steps) -> (Tensor, Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+               "Tensor ckpt, Tensor dout, Tensor? dhT, bool softplus, int steps) "
+               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
-@torch.compiler.disable  # a compiled block calls the kernels as they are (dynamo breaks the graph here)
+def _fwd_shapes(u, A, steps):
+    batch, dim, T = u.shape
+    N = A.shape[1]
+    n_chunks = triton.cdiv(T, LANES * steps)
+    return (torch.empty_like(u), u.new_empty(batch, dim, N, dtype=torch.float32),
+            u.new_empty(batch, dim, n_chunks, N, dtype=torch.float32))
+
+
+@torch.library.custom_op("ablate::selective_scan_fwd", mutates_args=(), device_types="cuda", schema=_FWD_SCHEMA)
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus, steps):
+    """u, delta, B, C, z contiguous; A fp32 (D, N) -> (out, final state, state at each chunk start)."""
+    out, hT, ckpt = _fwd_shapes(u, A, steps)
+    batch, dim, T = u.shape
+    warps = CONFIG["fwd_warps"]
+    _fwd_kernel[(batch, triton.cdiv(dim, warps))](
+        u, delta, A, B, C, D, z, delta_bias, h0, out, hT, ckpt, T, dim, ckpt.shape[2],
+        N=A.shape[1], S=steps, LOG_S=steps.bit_length() - 1, W=warps, SOFTPLUS=softplus, num_warps=warps)
+    return out, hT, ckpt
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, h0, softplus, steps):
+    return _fwd_shapes(u, A, steps)
+
+
+def _bwd_shapes(u, delta, A, B, C, D, z, delta_bias):
+    none = u.new_empty(0)
+    batch, dim, _ = u.shape
+    return (torch.empty_like(u), torch.empty_like(delta), A.new_empty(A.shape, dtype=torch.float32),
+            torch.empty_like(B), torch.empty_like(C), torch.empty_like(D) if D is not None else none,
+            torch.empty_like(z) if z is not None else none,
+            torch.empty_like(delta_bias) if delta_bias is not None else none,
+            u.new_empty(batch, dim, A.shape[1], dtype=torch.float32))
+
+
+@torch.library.custom_op("ablate::selective_scan_bwd", mutates_args=(), device_types="cuda", schema=_BWD_SCHEMA)
+def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT, softplus, steps):
+    """-> du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 (empty where that input is absent; dh0 always)."""
+    batch, dim, T = u.shape
+    N = A.shape[1]
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
+    dB32 = u.new_zeros(batch, N, T, dtype=torch.float32)
+    dC32 = u.new_zeros(batch, N, T, dtype=torch.float32)
+    dD_part = u.new_empty(batch, dim, dtype=torch.float32)
+    dh0 = u.new_empty(batch, dim, N, dtype=torch.float32)
+    warps = CONFIG["bwd_warps"]  # the forward's chunks: ckpt holds the state at each one's start
+    _bwd_kernel[(batch, triton.cdiv(dim, warps))](
+        u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT,
+        du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2],
+        N=N, S=steps, LOG_S=steps.bit_length() - 1, W=warps, SOFTPLUS=softplus, num_warps=warps)
+    none = u.new_empty(0)
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else none
+    dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else none
+    return (du, ddelta, dA_part.sum(0), dB32.to(B.dtype), dC32.to(C.dtype), dD,
+            dz if dz is not None else none, dbias, dh0)
+
+
+@_scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT, softplus, steps):
+    return _bwd_shapes(u, delta, A, B, C, D, z, delta_bias)
+
+
+def _scan_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, h0, softplus, steps = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.softplus, ctx.steps, ctx.has_h0 = softplus, steps, h0 is not None
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _scan_backward(ctx, dout, dhT, _dckpt):
+    u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+    dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+    dhT = None if dhT is None else dhT.contiguous()
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_bwd(u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT,
+                                                           ctx.softplus, ctx.steps)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+            dbias if delta_bias is not None else None, dh0 if ctx.has_h0 else None, None, None)
+
+
+_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -449,6 +498,9 @@ def selective_scan(
     if N & (N - 1):
         raise ValueError(f"Triton selective scan: the state size (d_state, A.shape[1] = {N}) must be a power of two; "
                          "use backend 'torch' for other sizes")
+    steps, _ = _steps_per_thread()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    out, hT = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    out, hT, _ = _scan_fwd(u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(),
+                           C.contiguous(), D, z.contiguous() if z is not None else None, delta_bias, h0,
+                           delta_softplus, steps)
     return (out, hT) if return_final_state else out
