@@ -54,7 +54,8 @@ def main() -> int:
     rows = []
     for name, strategy in [("plain", "auto"), ("fsdp", "fsdp")]:
         started = time.time()
-        done = subprocess.run(command(out, name, strategy, args.steps, args.variant, args.d_model, args.seq_len), capture_output=True, text=True)
+        done = subprocess.run(command(out, name, strategy, args.steps, args.variant, args.d_model, args.seq_len),
+                              capture_output=True, text=True)
         print(f"{name}: rc {done.returncode}, {time.time() - started:.0f} s", flush=True)
         if done.returncode:
             print(done.stderr[-4000:], flush=True)
@@ -81,13 +82,15 @@ def main() -> int:
     for name in rows:
         record = json.loads((out / name / "run.json").read_text())
         losses = curve(out / name)
+        second = None
+        if record["attempts"] > 1:
+            second = pd.read_csv(out / name / "logs" / "attempt2" / "metrics.csv")["step"].min()
         table.append({"run": name, "strategy": record["config"]["recipe"]["strategy"], "world": record["world_size"],
                       "attempts": record["attempts"], "precision": record["precision"],
                       "compile": record["backends"].get("compile"), "params (M)": record["params"]["total"] / 1e6,
                       "tokens/s": round(record["tokens_per_s"] or 0),
                       **{f"val loss @{step}": round(v, 4) for step, v in losses.items()},
-                      "second attempt from step": (pd.read_csv(out / name / "logs" / "attempt2" / "metrics.csv")["step"].min()
-                                                   if record["attempts"] > 1 else None)})
+                      "second attempt from step": second})
     frame = pd.DataFrame(table)
     try:
         shown = frame.to_markdown(index=False)

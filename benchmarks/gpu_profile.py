@@ -113,8 +113,12 @@ def train(name: str, size: str, batch: int, seq: int, top: int, only: tuple[str,
     if not peers.skip_reason(package):
         kw = peers.peer_kwargs(name, cfg)
         if package == "transformers":
-            sides.append(("peer", lambda: (lambda m: (m, lambda t: torch.compile(m)(input_ids=t, use_cache=False).logits))(
-                peers.build_hf_llama(kw, use_cache=False))))
+            def hf_build():
+                model = peers.build_hf_llama(kw, use_cache=False)
+                compiled = torch.compile(model)
+                return model, lambda t: compiled(input_ids=t, use_cache=False).logits
+
+            sides.append(("peer", hf_build))
         else:
             sides.append(("peer", lambda: (lambda m: (m, lambda t: m(t).logits))(peers.build_mamba_ssm(kw))))
     else:
@@ -154,7 +158,7 @@ def decode(name: str, size: str, batch: int, context: int, top: int) -> None:
             cache = model.new_cache(context + 64)
             nxt = model(prompt, cache).logits[:, -1].argmax(-1, keepdim=True)
             if not compiled:
-                prof = profile_steps(lambda: model(nxt, cache), steps=3, warmup=2)
+                prof = profile_steps(lambda nxt=nxt, cache=cache: model(nxt, cache), steps=3, warmup=2)
                 table, ms, count = kernel_table(prof, 3, top)
                 print(f"\n### ours: {name} {size} eager decoding step B={batch} context={context}: "
                       f"{ms:.3f} ms of kernels per step, {count} kernels\n\n{table}")

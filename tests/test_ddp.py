@@ -98,7 +98,7 @@ def test_a_sweep_runs_a_two_process_run_once_in_a_process_of_its_own(tmp_path, s
                     "cache_dir": str(tmp_path / "cache")}}
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(doc))
-    for start in range(2):
+    for _attempt in range(2):
         done = subprocess.run([sys.executable, "-m", "ablate.cli", "sweep", str(path)], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -32,7 +32,9 @@ def spans_devices(recipe: RecipeConfig) -> bool:
     devices = recipe.devices
     if isinstance(devices, (list, tuple)):
         return len(devices) > 1
-    return isinstance(devices, int) and devices > 1 or isinstance(devices, str) and devices.isdigit() and int(devices) > 1
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return isinstance(devices, int) and devices > 1
 
 
 def train_in_own_process(cfg: RunConfig, run_dir: Path, replace: bool = False, threads: int | None = None) -> dict:

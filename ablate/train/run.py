@@ -33,6 +33,7 @@ import torch
 import ablate
 import ablate.evaluate  # noqa: F401  (fills the evaluation registry)
 from ablate.config import ConfigError, ModelConfig, to_dict
+from ablate.model import LM
 from ablate.ops.backends import BackendError, resolve
 from ablate.plan import expand
 from ablate.registry import EVALUATIONS, TASKS
@@ -41,7 +42,6 @@ from ablate.train.allocator import keep_freed_memory
 from ablate.train.callbacks import EvalCheckpoint, StepProgressBar, StopCheck, Throughput
 from ablate.train.config import RunConfig
 from ablate.train.identity import check_identity, identity
-from ablate.model import LM
 from ablate.train.module import LitLM, fsdp2
 from ablate.train.tracking import finish_tracking, tensorboard_logger, wandb_logger
 

@@ -255,3 +255,4 @@ def test_a_compiled_block_is_one_graph(variant):
                       shared_kv=None, want_map=False)
         explained = dynamo.explain(block)(h, ctx)
         assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+

@@ -207,3 +207,32 @@ def test_native_softplus_over_its_whole_range(dtype):
     torch.testing.assert_close(outs[0], outs[1], **tol)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+def test_custom_ops_trace_on_meta_tensors():
+    """The scan and conv custom ops' fake implementations and autograd formula, without a GPU:
+    forward and backward on meta tensors give every gradient its input's shape and dtype, and
+    dynamo compiles the conv -> scan pair as one graph (fullgraph=True fails on any break)."""
+    pytest.importorskip("triton")
+    from ablate.ops.conv1d import triton as tconv
+    from ablate.ops.scan import triton as tscan
+
+    def meta(*shape, dtype=torch.bfloat16):
+        return torch.empty(*shape, dtype=dtype, device="meta").requires_grad_()
+
+    b, d, T, N = 2, 64, 256, 16
+    x = meta(b, T, d)  # token-major, as the mixers hand it over
+    inputs = dict(delta=meta(b, d, T), A=meta(d, N, dtype=torch.float32), B=meta(b, N, T), C=meta(b, N, T),
+                  D=meta(d, dtype=torch.float32), z=meta(b, d, T), delta_bias=meta(d, dtype=torch.float32))
+    w, bias = meta(d, 4), meta(d)
+
+    def loss(x, w, bias, **kw):
+        u = tconv.causal_conv1d(x.transpose(1, 2), w, bias)
+        y, h = tscan.selective_scan(u, **kw, return_final_state=True)
+        return y.float().sum() + h.sum()
+
+    leaves = [x, w, bias, *inputs.values()]
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        grads = torch.autograd.grad(fn(x, w, bias, **inputs), leaves)
+        for leaf, grad in zip(leaves, grads, strict=True):
+            assert grad.shape == leaf.shape and grad.dtype == leaf.dtype
