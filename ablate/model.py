@@ -127,6 +127,8 @@ class LM(nn.Module):
         updated in place; without one, this is a full forward over a fresh sequence. last_only:
         logits at the last position only, (B, 1, vocab) (a prefill before decoding: at B=64 and 8k
         tokens the logits of every position are 33 GB in bf16)."""
+        if last_only and tokens.shape[1] == 0:
+            raise ValueError("last_only=True needs at least one token (the last position's logits)")
         h = self.embed(tokens)
         start = 0 if cache is None else cache.length
         n_prefix = self.n_meta if start == 0 else 0

@@ -90,7 +90,7 @@ def main() -> int:
                       "compile": record["backends"].get("compile"), "params (M)": record["params"]["total"] / 1e6,
                       "tokens/s": round(record["tokens_per_s"] or 0),
                       **{f"val loss @{step}": round(v, 4) for step, v in losses.items()},
-                      "second attempt from step": second})
+                      "attempt 2 first logged step": second})
     frame = pd.DataFrame(table)
     try:
         shown = frame.to_markdown(index=False)

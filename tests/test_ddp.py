@@ -108,3 +108,26 @@ def test_a_sweep_runs_a_two_process_run_once_in_a_process_of_its_own(tmp_path, s
     single, _ = run(tmp_path, "single")  # the same model and data in one process
     assert record["metrics"] == pytest.approx(single["metrics"], rel=1e-5)
     assert not list((tmp_path / "results" / "runs").glob(".*.json"))  # the hand-over file is gone
+
+
+@pytest.mark.parametrize("devices,spans", [("auto", False), (1, False), ("1", False), (2, True), ("2", True),
+                                           ([0], False), ([0, 1], True), ("0,1", True), ("0,", False)])
+def test_a_run_spans_devices_as_lightning_counts_them(devices, spans):
+    import dataclasses
+
+    from ablate.train.own_process import spans_devices
+    from ablate.train.recipe import RecipeConfig
+
+    assert spans_devices(dataclasses.replace(RecipeConfig(), devices=devices)) is spans
+
+
+def test_all_devices_span_when_more_than_one_gpu_is_visible(monkeypatch):
+    import dataclasses
+
+    from ablate.train.own_process import spans_devices
+    from ablate.train.recipe import RecipeConfig
+
+    for count, spans in ((1, False), (2, True)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        assert spans_devices(dataclasses.replace(RecipeConfig(), devices=-1)) is spans
+        assert spans_devices(dataclasses.replace(RecipeConfig(), devices="-1")) is spans

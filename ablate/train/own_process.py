@@ -28,12 +28,24 @@ from ablate.train.recipe import RecipeConfig
 
 
 def spans_devices(recipe: RecipeConfig) -> bool:
-    """Whether a run takes several devices for itself (``auto`` is the one its worker is pinned to)."""
+    """Whether a run takes several devices for itself, read as Lightning reads ``devices``: N (or
+    "N") devices, a list or "0,1" of device indices, -1 (or "-1") every visible GPU; ``auto`` is the
+    one device its worker is pinned to."""
     devices = recipe.devices
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            devices = [part for part in text.split(",") if part.strip()]
+        elif text.lstrip("-").isdigit():
+            devices = int(text)
+        else:
+            return False  # "auto"
     if isinstance(devices, (list, tuple)):
         return len(devices) > 1
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
+    if devices == -1:
+        import torch
+
+        return torch.cuda.device_count() > 1
     return isinstance(devices, int) and devices > 1
 
 

@@ -67,6 +67,22 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
 
 # other tile shapes: several channels per program (37 is not a multiple of 2 or 4), one step per
 # thread (no in-register flips), long chunks
+def test_triton_scan_without_the_optional_inputs():
+    """D, z and delta_bias left out: the backward returns an empty tensor for each (a separate one:
+    a custom op may not return one storage twice) and the gradients of the rest match the reference."""
+    from ablate.ops.scan import triton as tscan
+
+    x = scan_inputs(2, 37, 70, 16, torch.float32, seed=3)
+    x = {k: x[k] for k in ("u", "delta", "A", "B", "C")}
+    x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
+    y, y_ref = tscan.selective_scan(**x), reference.selective_scan(**x64)
+    assert rel_err(y, y_ref) < 1e-4
+    outs = torch.autograd.grad(y.double().square().sum(), list(x.values()))
+    refs = torch.autograd.grad(y_ref.square().sum(), list(x64.values()))
+    for a, b in zip(outs, refs, strict=True):
+        assert rel_err(a, b) < 5e-4
+
+
 @pytest.mark.parametrize("shape", [(4, 2, 2), (1, 1, 1), (16, 4, 1)], ids=["4-2-2", "1-1-1", "16-4-1"])
 @pytest.mark.parametrize("T", [100, 257])
 def test_triton_scan_other_tile_shapes(shape, T, monkeypatch):

@@ -118,7 +118,9 @@ def _layout(x: Tensor) -> Tensor:
 
 
 # Registered as torch custom ops, so a compiled block traces through the conv instead of breaking
-# its graph there (see ops/scan/triton.py). The carried-state case keeps the autograd Function below.
+# its graph there (see ops/scan/triton.py). A carried state's gradient (chunked prefill with
+# gradients, never a training step) is computed in torch by _state_grad, with autograd.grad: eager
+# only, not under a compiled backward.
 @torch.library.custom_op("ablate::causal_conv1d_fwd", mutates_args=(), device_types="cuda",
                          schema="(Tensor x, Tensor w, Tensor? bias, Tensor? state, bool silu) -> Tensor")
 def _conv_fwd(x, w, bias, state, silu):

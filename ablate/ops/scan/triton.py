@@ -385,9 +385,9 @@ def _steps_per_thread() -> tuple[int, int]:
 # The kernels are registered as torch custom ops (forward, backward, and the autograd formula that
 # joins them), so a compiled block traces through the scan instead of breaking its graph there:
 # with torch.compiler.disable each Mamba block ran as 7 compiled pieces, and the host-side cost of
-# entering them left the H200 idle ~16 ms of a 120 ms training step (benchmarks/NOTES.md). Traced,
+# entering them left the H200 idle ~20 ms of a 124 ms training step (benchmarks/NOTES.md). Traced,
 # the .contiguous() copies below also become inductor kernels. Optional outputs of the backward are
-# empty tensors (custom ops return no None).
+# empty tensors, a new one each (custom ops return no None, and no storage twice).
 
 _FWD_SCHEMA = ("(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
                "Tensor? h0, bool softplus, int steps) -> (Tensor, Tensor, Tensor)")
@@ -422,12 +422,15 @@ def _(u, delta, A, B, C, D, z, delta_bias, h0, softplus, steps):
 
 
 def _bwd_shapes(u, delta, A, B, C, D, z, delta_bias):
-    none = u.new_empty(0)
     batch, dim, _ = u.shape
+
+    def absent():  # a new one for each output: custom ops may not return one storage twice
+        return u.new_empty(0)
+
     return (torch.empty_like(u), torch.empty_like(delta), A.new_empty(A.shape, dtype=torch.float32),
-            torch.empty_like(B), torch.empty_like(C), torch.empty_like(D) if D is not None else none,
-            torch.empty_like(z) if z is not None else none,
-            torch.empty_like(delta_bias) if delta_bias is not None else none,
+            torch.empty_like(B), torch.empty_like(C), torch.empty_like(D) if D is not None else absent(),
+            torch.empty_like(z) if z is not None else absent(),
+            torch.empty_like(delta_bias) if delta_bias is not None else absent(),
             u.new_empty(batch, dim, A.shape[1], dtype=torch.float32))
 
 
@@ -448,11 +451,10 @@ def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT, softplus, st
         u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dhT,
         du, ddelta, dz, dA_part, dB32, dC32, dD_part, dh0, T, dim, ckpt.shape[2],
         N=N, S=steps, LOG_S=steps.bit_length() - 1, W=warps, SOFTPLUS=softplus, num_warps=warps)
-    none = u.new_empty(0)
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else none
-    dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else none
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else u.new_empty(0)
+    dbias = ddelta.float().sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0)
     return (du, ddelta, dA_part.sum(0), dB32.to(B.dtype), dC32.to(C.dtype), dD,
-            dz if dz is not None else none, dbias, dh0)
+            dz if dz is not None else u.new_empty(0), dbias, dh0)
 
 
 @_scan_bwd.register_fake
