@@ -49,18 +49,6 @@ def profile_steps(step, steps: int = 3, warmup: int = 3):
     return prof
 
 
-def wall_ms(step, iters: int = 10) -> float:
-    """Median wall time of a step, synchronised around each one."""
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return sorted(times)[len(times) // 2]
-
-
 def cpu_table(prof, steps: int, top: int) -> str:
     lines = ["| op | self CPU ms/step | calls/step |", "|---|---:|---:|"]
     averages = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
@@ -88,53 +76,28 @@ def synchronizing_calls(step) -> list[str]:
     return found
 
 
-def training_step(model, forward, vocab: int, batch: int, seq: int):
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    tokens = torch.randint(0, vocab, (batch, seq + 1), device="cuda")
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = forward(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def train(name: str, size: str, batch: int, seq: int, top: int, only: tuple[str, ...] = ("ours", "peer")) -> None:
     from benchmarks.bench import core_model
 
     cfg = core_model(name, size)
-    sides = [("ours", lambda: (lambda m: (m, lambda t: m(t).logits))(peers.build_ours(cfg, "on")))]
-    package = peers.PAIRS[name]
-    if not peers.skip_reason(package):
+    kw = None
+    if not peers.skip_reason(peers.PAIRS[name]):
         kw = peers.peer_kwargs(name, cfg)
-        if package == "transformers":
-            def hf_build():
-                model = peers.build_hf_llama(kw, use_cache=False)
-                compiled = torch.compile(model)
-                return model, lambda t: compiled(input_ids=t, use_cache=False).logits
-
-            sides.append(("peer", hf_build))
-        else:
-            sides.append(("peer", lambda: (lambda m: (m, lambda t: m(t).logits))(peers.build_mamba_ssm(kw))))
-    else:
-        print(f"peer: {peers.skip_reason(package)}")
+    builds = peers.training_builds(name, cfg, kw)
+    if "peer" not in builds:
+        print(f"peer: {peers.skip_reason(peers.PAIRS[name])}")
+    sides = [(side, build) for side, build in builds.items() if side in only]
     for side, build in sides:
-        if side not in only:
-            continue
         peers.fresh_compiler()
         peers.free()
         model, forward = build()
-        step = training_step(model, forward, cfg.size.vocab_size, batch, seq)
+        step = peers.training_step(model, forward, cfg.size.vocab_size, batch, seq)
         prof = profile_steps(step)
         table, ms, count = kernel_table(prof, 3, top)
-        wall = wall_ms(step)
+        elapsed = peers.timed_median_ms(step, 10)  # CUDA events: kernels and the gaps between them
         print(f"\n### {side}: {name} {size} train bf16 B={batch} T={seq}: {ms:.2f} ms of kernels per step, "
-              f"{count} kernels, {wall:.2f} ms per step on the wall clock (GPU idle {wall - ms:.2f} ms)\n\n{table}")
+              f"{count} kernels, {elapsed:.2f} ms per step between CUDA events (GPU idle {elapsed - ms:.2f} ms)"
+              f"\n\n{table}")
         print(f"\nCPU time by op (per step, self):\n\n{cpu_table(prof, 3, top)}")
         syncs = synchronizing_calls(step)
         print(f"\nsynchronizing calls in one step: {len(syncs)}")
@@ -156,7 +119,7 @@ def decode(name: str, size: str, batch: int, context: int, top: int) -> None:
     with torch.no_grad():
         for compiled in (False, True):
             cache = model.new_cache(context + 64)
-            nxt = model(prompt, cache).logits[:, -1].argmax(-1, keepdim=True)
+            nxt = model(prompt, cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
             if not compiled:
                 prof = profile_steps(lambda nxt=nxt, cache=cache: model(nxt, cache), steps=3, warmup=2)
                 table, ms, count = kernel_table(prof, 3, top)

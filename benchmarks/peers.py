@@ -362,13 +362,8 @@ def timed_median_ms(step: Callable[[], None], iters: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
-def measure_training(build: Callable[[], tuple[torch.nn.Module, Callable]], vocab: int, batch: int, seq: int,
-                     warmup: int, iters: int) -> dict:
-    """build() -> (model with fp32 weights on the GPU, forward(tokens) -> logits). bench_model's step."""
-    fresh_compiler()
-    free()
-    t0 = time.perf_counter()
-    model, forward = build()
+def training_step(model: torch.nn.Module, forward: Callable, vocab: int, batch: int, seq: int) -> Callable[[], None]:
+    """bench_model's step: bf16 autocast, cross-entropy, backward, fused AdamW, on random tokens."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, vocab, (batch, seq + 1), device=DEVICE)
@@ -381,6 +376,40 @@ def measure_training(build: Callable[[], tuple[torch.nn.Module, Callable]], voca
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def training_builds(name: str, cfg: ModelConfig, kw: dict | None) -> dict[str, Callable[[], tuple]]:
+    """{'ours': build, 'peer': build} for the training rows; build() -> (model with fp32 weights on
+    the GPU, forward(tokens) -> logits). No 'peer' without its package or its config (kw)."""
+    def ours():
+        model = build_ours(cfg, "on")
+        return model, lambda t: model(t).logits
+
+    def hf():
+        model = build_hf_llama(kw, use_cache=False)
+        compiled = torch.compile(model) if COMPILE else model
+        return model, lambda t: compiled(input_ids=t, use_cache=False).logits
+
+    def mamba_ssm():
+        model = build_mamba_ssm(kw)
+        return model, lambda t: model(t).logits
+
+    builds = {"ours": ours}
+    if kw is not None and not skip_reason(PAIRS[name]):
+        builds["peer"] = hf if PAIRS[name] == "transformers" else mamba_ssm
+    return builds
+
+
+def measure_training(build: Callable[[], tuple[torch.nn.Module, Callable]], vocab: int, batch: int, seq: int,
+                     warmup: int, iters: int) -> dict:
+    """build() -> (model with fp32 weights on the GPU, forward(tokens) -> logits), then its
+    training_step timed."""
+    fresh_compiler()
+    free()
+    t0 = time.perf_counter()
+    model, forward = build()
+    step = training_step(model, forward, vocab, batch, seq)
     for _ in range(warmup):
         step()
     sync()
@@ -407,12 +436,8 @@ def train_row(name: str, size: str, batch: int, seq: int, warmup: int, iters: in
     except ValueError as err:
         kw_error = f"peer config: {err}"
     row["peer"] = peer_label(name, kw)
-
-    def ours_build():
-        model = build_ours(cfg, "on")
-        return model, lambda t: model(t).logits
-
-    ours, err = attempt(lambda: measure_training(ours_build, cfg.size.vocab_size, batch, seq, warmup, iters))
+    builds = training_builds(name, cfg, kw)
+    ours, err = attempt(lambda: measure_training(builds["ours"], cfg.size.vocab_size, batch, seq, warmup, iters))
     if err:
         errors.append(f"ours: {err}")
     peer = None
@@ -421,16 +446,7 @@ def train_row(name: str, size: str, batch: int, seq: int, warmup: int, iters: in
     elif kw_error:
         errors.append(kw_error)
     else:
-        if package == "transformers":
-            def peer_build():
-                model = build_hf_llama(kw, use_cache=False)
-                compiled = torch.compile(model) if COMPILE else model
-                return model, lambda t: compiled(input_ids=t, use_cache=False).logits
-        else:
-            def peer_build():
-                model = build_mamba_ssm(kw)
-                return model, lambda t: model(t).logits
-        peer, err = attempt(lambda: measure_training(peer_build, cfg.size.vocab_size, batch, seq, warmup, iters))
+        peer, err = attempt(lambda: measure_training(builds["peer"], cfg.size.vocab_size, batch, seq, warmup, iters))
         if err:
             errors.append(f"peer: {err}")
         elif package == "mamba_ssm" and peer["params"] != mamba_ssm_param_count(kw):

@@ -65,8 +65,6 @@ def test_triton_scan_matches_reference(dtype, tol, T, with_state):
     check_triton_scan(dtype, tol, T, with_state)
 
 
-# other tile shapes: several channels per program (37 is not a multiple of 2 or 4), one step per
-# thread (no in-register flips), long chunks
 def test_triton_scan_without_the_optional_inputs():
     """D, z and delta_bias left out: the backward returns an empty tensor for each (a separate one:
     a custom op may not return one storage twice) and the gradients of the rest match the reference."""
@@ -83,6 +81,8 @@ def test_triton_scan_without_the_optional_inputs():
         assert rel_err(a, b) < 5e-4
 
 
+# other tile shapes: several channels per program (37 is not a multiple of 2 or 4), one step per
+# thread (no in-register flips), long chunks
 @pytest.mark.parametrize("shape", [(4, 2, 2), (1, 1, 1), (16, 4, 1)], ids=["4-2-2", "1-1-1", "16-4-1"])
 @pytest.mark.parametrize("T", [100, 257])
 def test_triton_scan_other_tile_shapes(shape, T, monkeypatch):
