@@ -31,7 +31,7 @@ def test_sweep_dry_run_prints_every_plan_and_trains_nothing(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)  # the default sweep's results would go to results/default here
     assert main(["sweep", "default", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("non-embedding,") == 9 and "mlp.hidden = " in out and ", lr 0.01" in out
+    assert out.count("non-embedding,") == 9 and "size.d_model = 37" in out and ", lr 0.01" in out
     assert not (tmp_path / "results").exists()
     # the total is counted at the task's vocabulary (MQAR's 256), as the run builds the model
     from ablate.sizing import count_params
