@@ -122,6 +122,27 @@ def test_mamba_steps_chain(kernels):
     assert rel_err(torch.stack(ys, -1), y_ref) < 1e-5 and rel_err(h, h_ref) < 1e-5
 
 
+@DTYPES
+@pytest.mark.parametrize("norms", [True, False], ids=["norms", "no-norms"])
+@pytest.mark.parametrize("B,D,N,R", [(1, 5, 3, 1), (2, 37, 16, 3), (3, 64, 17, 48), (2, 130, 4, 5)])
+def test_mamba_projected_step_matches_reference(kernels, dtype, tol, norms, B, D, N, R):
+    """selective_step: the inner RMSNorms and the dt projection folded into the update kernel give
+    the torch code's result (norms, F.linear, then the state update)."""
+    x = mamba_inputs(B, D, N, dtype, torch.float32)
+    dbc = strided(B, R + 2 * N, dtype=dtype, scale=3.0)  # the norms see a scale other than 1
+    weights = tuple((1 + 0.3 * torch.randn(n, device=DEVICE)).to(dtype) for n in (R, N, N)) if norms else None
+    W = (R**-0.5 * torch.randn(D, R, device=DEVICE)).to(dtype)
+    args = dict(h=x["h"], u=x["u"], z=x["z"], dbc=dbc, A=x["A"], D=x["D"], dt_weight=W, dt_bias=x["delta_bias"],
+                norm_weights=weights, eps=1e-6)
+    a64 = {k: (tuple(f64(w) for w in v) if isinstance(v, tuple) else f64(v) if isinstance(v, torch.Tensor) else v)
+           for k, v in args.items()}
+    y_ref = scan.selective_step(**a64)  # float64 on the CPU: the reference code
+    y = kernels.selective_step(**args)
+    assert y.dtype == dtype and y.shape == (B, D)
+    assert rel_err(y, y_ref) < tol
+    assert rel_err(x["h"], a64["h"]) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
 # ----------------------------------------------------------------------------- Mamba-2
 
 
@@ -204,6 +225,11 @@ def test_dispatch_on_cuda_runs_the_kernels(kernels):
     x = mamba_inputs(2, 37, 16, torch.bfloat16, torch.float32)
     h2 = x["h"].clone()
     assert torch.equal(scan.selective_state_update(**x), kernels.selective_state_update(**{**x, "h": h2}))
+    assert torch.equal(x["h"], h2)
+    W, dbc = torch.randn(37, 3, device=DEVICE), torch.randn(2, 3 + 32, device=DEVICE)
+    step = dict(u=x["u"], z=x["z"], dbc=dbc, A=x["A"], D=x["D"], dt_weight=W, dt_bias=x["delta_bias"],
+                norm_weights=tuple(torch.ones(n, device=DEVICE) for n in (3, 16, 16)))
+    assert torch.equal(scan.selective_step(x["h"], **step), kernels.selective_step(h2, **step, eps=1e-6))
     assert torch.equal(x["h"], h2)
     state = torch.randn(2, 37, 3, device=DEVICE)
     s2, xs, w = state.clone(), torch.randn(2, 37, device=DEVICE), torch.randn(37, 4, device=DEVICE)

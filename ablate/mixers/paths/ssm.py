@@ -3,8 +3,8 @@ forward skeleton, the state accounting, and the standalone SSM mixer (in_proj ->
 
 A path subclass of ``SSMPath`` says how to ``prepare`` its projected slice (conv, dt, B, C), how to
 run the sequence op (``run_sequence``: scan or SSD, returns output and final state), one decoding
-step (``run_step``: the state updated in place) and its implicit attention map; the skeleton in
-``forward`` does the rest the same way for every path.
+step (``run_step`` after ``prepare``, or a fused ``step`` of its own: the state updated in place)
+and its implicit attention map; the skeleton in ``forward`` does the rest the same way for every path.
 """
 
 from __future__ import annotations
@@ -60,9 +60,14 @@ class SSMPath(nn.Module):
     def run_sequence(self, x, z, dt, B, C, initial_state: Tensor | None, with_state: bool):
         """-> (output (B, T, d_inner), final state or None)."""
 
-    @abstractmethod
+    def step(self, state: Tensor, u: Tensor, ctx: Context) -> Tensor:
+        """One token of the slice u (B, 1, in_dim): update ``state`` in place -> output (B, 1, d_inner).
+        By default ``prepare`` then ``run_step``; a path may fuse the two (Mamba-1 does)."""
+        return self.run_step(state, *self.prepare(u, ctx))
+
     def run_step(self, state: Tensor, x, z, dt, B, C) -> Tensor:
-        """One token: update ``state`` in place -> output (B, 1, d_inner)."""
+        """One token after ``prepare``: update ``state`` in place -> output (B, 1, d_inner)."""
+        raise NotImplementedError(f"{type(self).__name__} overrides step() instead")
 
     @abstractmethod
     def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None)) -> Tensor:
@@ -87,10 +92,9 @@ class SSMPath(nn.Module):
 
     def forward(self, u: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
         cache = ctx.cache
-        step = stepping(cache, u.shape[1])  # decided before prepare() fills a fresh cache's conv state
+        if stepping(cache, u.shape[1]):  # one token: update the state in place instead of the sequence op
+            return self.step(cache.ssm, u, ctx), None
         x, z, dt, B, C = self.prepare(u, ctx)
-        if step:  # one token: update the state in place instead of running the sequence op
-            return self.run_step(cache.ssm, x, z, dt, B, C), None
         y, state = self.run_sequence(x, z, dt, B, C, initial_state=None if cache is None else cache.ssm,
                                      with_state=cache is not None)
         if cache is not None:

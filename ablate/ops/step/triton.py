@@ -8,6 +8,7 @@ projections), read as they are. All arithmetic is fp32; the state is updated in 
 in its own dtype, the output takes the reference's dtype.
 
     Mamba-1  dt = softplus(delta + bias); h = exp(dt A) h + dt u B;  y = (C.h + D u) silu(z)
+             (selective_step: delta = W_dt rms(dt_low), B = rms(B), C = rms(C) computed first, in-kernel)
     Mamba-2  h = exp(dt A_head) h + dt x B_group;                    y = C.h + D_head x
     conv     window = [state, x]; y = silu(bias + window . w);       state = window[1:]
 
@@ -37,23 +38,46 @@ def _softplus(x):
 
 
 @triton.jit
+def _rms(x, n, eps):
+    # x * rsqrt(mean(x^2) + eps) over the n real entries (masked ones load as 0)
+    return x * tl.rsqrt(tl.sum(x * x, axis=0) / n + eps)
+
+
+@triton.jit
 def _mamba_step_kernel(h_ptr, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-                       Dim, N, shb, shd, shn, sub, sud, sdb, sdd, szb, szd, sAd, sAn, sBb, sBn, sCb, sCn,
-                       SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                       W_ptr, w_dt_ptr, w_B_ptr, w_C_ptr, Dim, N, R, eps,
+                       shb, shd, shn, sub, sud, sdb, sdd, szb, szd, sAd, sAn, sBb, sBn, sCb, sCn, sWd, sWr,
+                       SOFTPLUS: tl.constexpr, PROJECT: tl.constexpr, NORM: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    # PROJECT: dt_ptr holds x_proj's low-rank dt (B, R), projected here by W (D, R); else dt (B, D).
+    # NORM: dt (low-rank), B and C are RMS-normed first (weights w_dt, w_B, w_C; Hymba's inner norms).
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     md, mn = offs_d < Dim, offs_n < N
     m2 = md[:, None] & mn[None, :]
     u = tl.load(u_ptr + b * sub + offs_d * sud, mask=md, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b * sdb + offs_d * sdd, mask=md, other=0.0).to(tl.float32)
+    Bn = tl.load(B_ptr + b * sBb + offs_n * sBn, mask=mn, other=0.0).to(tl.float32)
+    Cn = tl.load(C_ptr + b * sCb + offs_n * sCn, mask=mn, other=0.0).to(tl.float32)
+    if NORM:
+        Bn = _rms(Bn, N, eps) * tl.load(w_B_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+        Cn = _rms(Cn, N, eps) * tl.load(w_C_ptr + offs_n, mask=mn, other=0.0).to(tl.float32)
+    if PROJECT:  # every program of a sequence recomputes the R-vector: R is small (d_model / 16)
+        offs_r = tl.arange(0, BLOCK_R)
+        mr = offs_r < R
+        low = tl.load(dt_ptr + b * sdb + offs_r * sdd, mask=mr, other=0.0).to(tl.float32)
+        if NORM:
+            low = _rms(low, R, eps) * tl.load(w_dt_ptr + offs_r, mask=mr, other=0.0).to(tl.float32)
+        W = tl.load(W_ptr + offs_d[:, None] * sWd + offs_r[None, :] * sWr, mask=md[:, None] & mr[None, :],
+                    other=0.0).to(tl.float32)
+        dt = tl.sum(W * low[None, :], axis=1)
+    else:
+        dt = tl.load(dt_ptr + b * sdb + offs_d * sdd, mask=md, other=0.0).to(tl.float32)
     if bias_ptr is not None:
         dt += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + offs_d[:, None] * sAd + offs_n[None, :] * sAn, mask=m2, other=0.0).to(tl.float32)
-    Bn = tl.load(B_ptr + b * sBb + offs_n * sBn, mask=mn, other=0.0).to(tl.float32)
-    Cn = tl.load(C_ptr + b * sCb + offs_n * sCn, mask=mn, other=0.0).to(tl.float32)
     h_at = h_ptr + b * shb + offs_d[:, None] * shd + offs_n[None, :] * shn
     h = tl.load(h_at, mask=m2, other=0.0).to(tl.float32)
     tl.debug_barrier()  # every load of the state before any store
@@ -138,15 +162,33 @@ def selective_state_update(h: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Te
                            D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
                            delta_softplus: bool = True) -> Tensor:
     """ops.scan.selective_state_update: h (B, D, N) in place; u, delta, z (B, D); B, C (B, N) -> y (B, D)."""
+    return _mamba_step(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@torch.compiler.disable
+def selective_step(h: Tensor, u: Tensor, z: Tensor | None, dbc: Tensor, A: Tensor, D: Tensor | None,
+                   dt_weight: Tensor, dt_bias: Tensor | None, norm_weights: tuple[Tensor, Tensor, Tensor] | None,
+                   eps: float) -> Tensor:
+    """ops.scan.selective_step: the dt/B/C norms and the dt projection folded into the state update."""
+    R, N = dt_weight.shape[1], h.shape[2]
+    w_dt, w_B, w_C = norm_weights if norm_weights is not None else (None, None, None)
+    return _mamba_step(h, u, dbc[:, :R], A, dbc[:, R : R + N], dbc[:, R + N :], D, z, dt_bias, True,
+                       dt_weight, _vec(w_dt), _vec(w_B), _vec(w_C), eps)
+
+
+def _mamba_step(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus, W=None, w_dt=None, w_B=None, w_C=None,
+                eps=0.0):
     batch, dim, N = h.shape
     y = u.new_empty(batch, dim)  # the reference's output dtype: u's
     width = triton.next_power_of_2(N)
     block, warps = _tile(dim, width)
     zs = z.stride() if z is not None else (0, 0)
+    R = W.shape[1] if W is not None else 1
     _mamba_step_kernel[(batch, triton.cdiv(dim, block))](
-        h, u, delta, A, B, C, _vec(D), z, _vec(delta_bias), y, dim, N, *h.stride(), *u.stride(), *delta.stride(),
-        *zs, *A.stride(), *B.stride(), *C.stride(), SOFTPLUS=delta_softplus, BLOCK_D=block, BLOCK_N=width,
-        num_warps=warps)
+        h, u, delta, A, B, C, _vec(D), z, _vec(delta_bias), y, W, w_dt, w_B, w_C, dim, N, R, eps,
+        *h.stride(), *u.stride(), *delta.stride(), *zs, *A.stride(), *B.stride(), *C.stride(),
+        *(W.stride() if W is not None else (0, 0)), SOFTPLUS=delta_softplus, PROJECT=W is not None,
+        NORM=w_B is not None, BLOCK_D=block, BLOCK_N=width, BLOCK_R=triton.next_power_of_2(R), num_warps=warps)
     return y
 
 
