@@ -126,14 +126,14 @@ def test_mamba_steps_chain(kernels):
 @pytest.mark.parametrize("norms", [True, False], ids=["norms", "no-norms"])
 @pytest.mark.parametrize("B,D,N,R", [(1, 5, 3, 1), (2, 37, 16, 3), (3, 64, 17, 48), (2, 130, 4, 5)])
 def test_mamba_projected_step_matches_reference(kernels, dtype, tol, norms, B, D, N, R):
-    """selective_step: the inner RMSNorms and the dt projection folded into the update kernel give
-    the torch code's result (norms, F.linear, then the state update)."""
+    """selective_step: the inner RMSNorms, the dt projection and A = -exp(A_log) folded into the update
+    kernel give the torch code's result (norms, F.linear, then the state update)."""
     x = mamba_inputs(B, D, N, dtype, torch.float32)
     dbc = strided(B, R + 2 * N, dtype=dtype, scale=3.0)  # the norms see a scale other than 1
     weights = tuple((1 + 0.3 * torch.randn(n, device=DEVICE)).to(dtype) for n in (R, N, N)) if norms else None
     W = (R**-0.5 * torch.randn(D, R, device=DEVICE)).to(dtype)
-    args = dict(h=x["h"], u=x["u"], z=x["z"], dbc=dbc, A=x["A"], D=x["D"], dt_weight=W, dt_bias=x["delta_bias"],
-                norm_weights=weights, eps=1e-6)
+    args = dict(h=x["h"], u=x["u"], z=x["z"], dbc=dbc, A_log=torch.log(-x["A"]), D=x["D"], dt_weight=W,
+                dt_bias=x["delta_bias"], norm_weights=weights, eps=1e-6)
     a64 = {k: (tuple(f64(w) for w in v) if isinstance(v, tuple) else f64(v) if isinstance(v, torch.Tensor) else v)
            for k, v in args.items()}
     y_ref = scan.selective_step(**a64)  # float64 on the CPU: the reference code
@@ -227,7 +227,7 @@ def test_dispatch_on_cuda_runs_the_kernels(kernels):
     assert torch.equal(scan.selective_state_update(**x), kernels.selective_state_update(**{**x, "h": h2}))
     assert torch.equal(x["h"], h2)
     W, dbc = torch.randn(37, 3, device=DEVICE), torch.randn(2, 3 + 32, device=DEVICE)
-    step = dict(u=x["u"], z=x["z"], dbc=dbc, A=x["A"], D=x["D"], dt_weight=W, dt_bias=x["delta_bias"],
+    step = dict(u=x["u"], z=x["z"], dbc=dbc, A_log=torch.log(-x["A"]), D=x["D"], dt_weight=W, dt_bias=x["delta_bias"],
                 norm_weights=tuple(torch.ones(n, device=DEVICE) for n in (3, 16, 16)))
     assert torch.equal(scan.selective_step(x["h"], **step), kernels.selective_step(h2, **step, eps=1e-6))
     assert torch.equal(x["h"], h2)

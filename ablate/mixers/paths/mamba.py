@@ -81,11 +81,11 @@ class MambaSSM(SSMPath):
 
     def step(self, state: Tensor, u: Tensor, ctx: Context) -> Tensor:
         """One token from x_proj's raw output: the inner norms and dt_proj go into the state update
-        (one kernel on CUDA instead of three norms, a GEMV and the update)."""
+        (one kernel on CUDA instead of three norms, a GEMV, -exp(A_log) and the update)."""
         x, z, dbc = self.project(u, ctx)
         norms = (self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight) if self.cfg.inner_norms else None
         eps = self.dt_norm.eps if self.cfg.inner_norms else 0.0
-        y = scan_ops.selective_step(state, x[..., 0], z[..., 0], dbc[:, 0], self.A, self.D, self.dt_proj.weight,
+        y = scan_ops.selective_step(state, x[..., 0], z[..., 0], dbc[:, 0], self.A_log, self.D, self.dt_proj.weight,
                                     self.dt_proj.bias, norms, eps, impl=self.step_impl)
         return y[:, None]
 

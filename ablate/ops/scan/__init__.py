@@ -66,17 +66,18 @@ def selective_state_update(h, u, delta, A, B, C, D=None, z=None, delta_bias=None
     return y[..., 0]
 
 
-def selective_step(h, u, z, dbc, A, D, dt_weight, dt_bias, norm_weights=None, eps: float = 1e-6,
+def selective_step(h, u, z, dbc, A_log, D, dt_weight, dt_bias, norm_weights=None, eps: float = 1e-6,
                    impl: str = "triton"):
     """One decoding step of Hymba's Mamba-1 path from x_proj's output: dbc (B, R + 2N) is the low-rank
     dt | B | C before the inner RMSNorms (``norm_weights`` = their weights (dt, B, C), or None without
-    them); dt = dt_weight (D, R) @ norm(dt_low), then ``selective_state_update`` with dt_bias and
-    softplus. h (B, D, N) in place; u, z (B, D) -> y (B, D). impl "triton": the norms and the dt
-    projection run inside the state-update kernel where ops.step says it applies (on CUDA, 3 norms
-    and a GEMV fewer per layer and token), else this torch code."""
-    kernels = step_ops.fused(h, u, z, dbc, A, D, dt_weight, dt_bias, *(norm_weights or ()), impl=impl)
+    them); dt = dt_weight (D, R) @ norm(dt_low), A = -exp(A_log), then ``selective_state_update``
+    with dt_bias and softplus. h (B, D, N) in place; u, z (B, D) -> y (B, D). impl "triton": the
+    norms, the dt projection and A run inside the state-update kernel where ops.step says it applies
+    (on CUDA, 3 norms, a GEMV and an elementwise kernel fewer per layer and token), else this torch code."""
+    kernels = step_ops.fused(h, u, z, dbc, A_log, D, dt_weight, dt_bias, *(norm_weights or ()), impl=impl)
     if kernels is not None:
-        return kernels.selective_step(h, u, z, dbc, A, D, dt_weight, dt_bias, norm_weights, eps)
+        return kernels.selective_step(h, u, z, dbc, A_log, D, dt_weight, dt_bias, norm_weights, eps)
+    A = -torch.exp(A_log.float())  # as MambaSSM.A
     R, N = dt_weight.shape[1], A.shape[1]
     dt, B, C = dbc.split([R, N, N], dim=-1)
     if norm_weights is not None:

@@ -8,7 +8,7 @@ projections), read as they are. All arithmetic is fp32; the state is updated in 
 in its own dtype, the output takes the reference's dtype.
 
     Mamba-1  dt = softplus(delta + bias); h = exp(dt A) h + dt u B;  y = (C.h + D u) silu(z)
-             (selective_step: delta = W_dt rms(dt_low), B = rms(B), C = rms(C) computed first, in-kernel)
+             (selective_step: delta = W_dt rms(dt_low), B = rms(B), C = rms(C), A = -exp(A_log), in-kernel)
     Mamba-2  h = exp(dt A_head) h + dt x B_group;                    y = C.h + D_head x
     conv     window = [state, x]; y = silu(bias + window . w);       state = window[1:]
 
@@ -47,10 +47,11 @@ def _rms(x, n, eps):
 def _mamba_step_kernel(h_ptr, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                        W_ptr, w_dt_ptr, w_B_ptr, w_C_ptr, Dim, N, R, eps,
                        shb, shd, shn, sub, sud, sdb, sdd, szb, szd, sAd, sAn, sBb, sBn, sCb, sCn, sWd, sWr,
-                       SOFTPLUS: tl.constexpr, PROJECT: tl.constexpr, NORM: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, PROJECT: tl.constexpr, NORM: tl.constexpr, A_LOG: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     # PROJECT: dt_ptr holds x_proj's low-rank dt (B, R), projected here by W (D, R); else dt (B, D).
     # NORM: dt (low-rank), B and C are RMS-normed first (weights w_dt, w_B, w_C; Hymba's inner norms).
+    # A_LOG: A_ptr holds the parameter A_log, A = -exp(A_log) (one elementwise kernel fewer per layer).
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -78,6 +79,8 @@ def _mamba_step_kernel(h_ptr, u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, 
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + offs_d[:, None] * sAd + offs_n[None, :] * sAn, mask=m2, other=0.0).to(tl.float32)
+    if A_LOG:
+        A = -tl.exp(A)
     h_at = h_ptr + b * shb + offs_d[:, None] * shd + offs_n[None, :] * shn
     h = tl.load(h_at, mask=m2, other=0.0).to(tl.float32)
     tl.debug_barrier()  # every load of the state before any store
@@ -166,18 +169,19 @@ def selective_state_update(h: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Te
 
 
 @torch.compiler.disable
-def selective_step(h: Tensor, u: Tensor, z: Tensor | None, dbc: Tensor, A: Tensor, D: Tensor | None,
+def selective_step(h: Tensor, u: Tensor, z: Tensor | None, dbc: Tensor, A_log: Tensor, D: Tensor | None,
                    dt_weight: Tensor, dt_bias: Tensor | None, norm_weights: tuple[Tensor, Tensor, Tensor] | None,
                    eps: float) -> Tensor:
-    """ops.scan.selective_step: the dt/B/C norms and the dt projection folded into the state update."""
+    """ops.scan.selective_step: the dt/B/C norms, the dt projection and A = -exp(A_log) folded into the
+    state update."""
     R, N = dt_weight.shape[1], h.shape[2]
     w_dt, w_B, w_C = norm_weights if norm_weights is not None else (None, None, None)
-    return _mamba_step(h, u, dbc[:, :R], A, dbc[:, R : R + N], dbc[:, R + N :], D, z, dt_bias, True,
-                       dt_weight, _vec(w_dt), _vec(w_B), _vec(w_C), eps)
+    return _mamba_step(h, u, dbc[:, :R], A_log, dbc[:, R : R + N], dbc[:, R + N :], D, z, dt_bias, True,
+                       dt_weight, _vec(w_dt), _vec(w_B), _vec(w_C), eps, a_log=True)
 
 
 def _mamba_step(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus, W=None, w_dt=None, w_B=None, w_C=None,
-                eps=0.0):
+                eps=0.0, a_log=False):
     batch, dim, N = h.shape
     y = u.new_empty(batch, dim)  # the reference's output dtype: u's
     width = triton.next_power_of_2(N)
@@ -188,7 +192,8 @@ def _mamba_step(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus, W=None, 
         h, u, delta, A, B, C, _vec(D), z, _vec(delta_bias), y, W, w_dt, w_B, w_C, dim, N, R, eps,
         *h.stride(), *u.stride(), *delta.stride(), *zs, *A.stride(), *B.stride(), *C.stride(),
         *(W.stride() if W is not None else (0, 0)), SOFTPLUS=delta_softplus, PROJECT=W is not None,
-        NORM=w_B is not None, BLOCK_D=block, BLOCK_N=width, BLOCK_R=triton.next_power_of_2(R), num_warps=warps)
+        NORM=w_B is not None, A_LOG=a_log, BLOCK_D=block, BLOCK_N=width, BLOCK_R=triton.next_power_of_2(R),
+        num_warps=warps)
     return y
 
 
