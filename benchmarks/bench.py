@@ -5,6 +5,8 @@ the GPU it ran on.
 Sections:
   scan       Mamba-1 selective scan fwd+bwd: ours (Triton) vs mamba-ssm CUDA vs the torch loop
   conv       causal depthwise conv + SiLU fwd+bwd: ours (Triton) vs torch F.conv1d vs causal-conv1d
+  ssd        Mamba-2 SSD forward with a carried state (prefill): ours (Triton chunked kernels, and the
+             compiled torch chunked path) vs mamba-ssm's mamba_chunk_scan_combined, 350M shapes
   attention  global causal SDPA vs flex (window + always-visible meta prefix) vs masked SDPA
   layer      our parallel hybrid layer vs the same layer assembled from mamba-ssm Mamba + SDPA
   model      training tokens/s and MFU of every core variant at ~125M and ~350M, bf16, seq 2048
@@ -126,6 +128,52 @@ def bench_conv(rows: list[dict], **_) -> None:
         rows.append({"section": "conv", "case": f"B={B} C={C} T={T} K={K} bf16, SiLU", "impl": name,
                      "fwd_ms": median_ms(call), "fwd_bwd_ms": median_ms(fwd_bwd(call, [x, w, bias]))})
         print(rows[-1], flush=True)
+
+
+def bench_ssd(rows: list[dict], **_) -> None:
+    """Prefill shapes of the 350M Mamba-2 (d_inner 1536: H=48 heads of P=32, one B/C group, N=64), bf16, forward
+    with an initial state and the final state returned, as a cached prefill runs it."""
+    from ablate.ops.ssd import chunked
+    from ablate.ops.ssd import triton as tssd
+
+    impls = {"ours (triton chunked)": tssd.ssd, "ours (torch chunked, compiled)": torch.compile(chunked.ssd)}
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        impls["mamba-ssm mamba_chunk_scan_combined"] = (
+            lambda x, dt, A, B, C, D, initial_state, return_final_state: mamba_chunk_scan_combined(
+                x, dt, A, B, C, 256, D=D, initial_states=initial_state, return_final_states=True))
+    except ImportError as err:
+        print(f"mamba-ssm not importable ({err}); its row is skipped", file=sys.stderr)
+    for batch, T in ((1, 8192), (8, 2048)):
+        args = ssd_case(batch, T)
+        y_ref = None
+        for name, fn in impls.items():
+            def call(fn=fn, args=args):
+                return fn(**args, return_final_state=True)
+
+            with torch.no_grad():
+                y = call()[0].float()
+                y_ref = y if y_ref is None else y_ref
+                err = ((y - y_ref).norm() / y_ref.norm()).item()
+                ms = median_ms(call)
+            rows.append({"section": "ssd", "case": f"B={batch} T={T} H=48 P=32 N=64 bf16, fwd + state", "impl": name,
+                         "fwd_ms": ms, "tokens_per_s": batch * T / ms * 1e3, "rel_err_vs_first": err})
+            print(rows[-1], flush=True)
+        del args
+        torch.cuda.empty_cache()
+
+
+def ssd_case(batch: int, T: int, H: int = 48, P: int = 32, N: int = 64) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    return dict(x=torch.randn(batch, T, H, P, generator=g, device="cuda").to(**bf16),
+                dt=(0.01 + 0.1 * torch.rand(batch, T, H, generator=g, device="cuda")).to(**bf16),
+                A=-torch.rand(H, generator=g, device="cuda") - 0.5,
+                B=torch.randn(batch, T, 1, N, generator=g, device="cuda").to(**bf16),
+                C=torch.randn(batch, T, 1, N, generator=g, device="cuda").to(**bf16),
+                D=torch.randn(H, generator=g, device="cuda"),
+                initial_state=torch.randn(batch, H, P, N, generator=g, device="cuda"))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -469,8 +517,9 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
             f.write(json.dumps({"time": stamp, "gpu": machine, "command": command, **row}) + "\n")
 
 
-SECTIONS = {"scan": bench_scan, "conv": bench_conv, "attention": bench_attention, "layer": bench_layer,
-            "model": bench_model, "inference": bench_inference, "peers": bench_peers, "cpu": bench_cpu}
+SECTIONS = {"scan": bench_scan, "conv": bench_conv, "ssd": bench_ssd, "attention": bench_attention,
+            "layer": bench_layer, "model": bench_model, "inference": bench_inference, "peers": bench_peers,
+            "cpu": bench_cpu}
 CPU_SECTIONS = ("cpu",)
 OPT_IN = ("peers", "cpu")  # run only when named
 GPU_SECTIONS = tuple(s for s in SECTIONS if s not in CPU_SECTIONS)

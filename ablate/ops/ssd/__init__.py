@@ -1,6 +1,10 @@
-"""Mamba-2 SSD. ``ssd(..., impl=NAME)`` dispatches; the name comes from ``ops.backends``."""
+"""Mamba-2 SSD. ``ssd(..., impl=NAME)`` dispatches; the name comes from ``ops.backends``.
+impl 'triton' (``ssd/triton.py``, where Triton is installed) is a forward-only chunked kernel for
+prefill and evaluation on CUDA; ``ops.backends`` does not pick it yet (not yet measured on a GPU)."""
 
 from __future__ import annotations
+
+import importlib.util
 
 from ablate.ops import step as step_ops
 from ablate.ops.ssd import chunked, headmajor, native, reference
@@ -8,6 +12,10 @@ from ablate.ops.ssd import chunked, headmajor, native, reference
 # native: the CPU path where its C++ builds, headmajor where not (ops.backends picks them without CUDA)
 IMPLS = {"reference": reference.ssd, "chunked": chunked.ssd, "headmajor": headmajor.ssd,
          "native": native.ssd}  # CPU only, compiled on first use (ops.backends checks it builds)
+if importlib.util.find_spec("triton") is not None:
+    from ablate.ops.ssd import triton as _triton_ssd
+
+    IMPLS["triton"] = _triton_ssd.ssd
 
 
 def ssd(*args, impl: str = "chunked", **kwargs):
