@@ -125,6 +125,7 @@ class MambaSSM(SSMPath):
         y, state = y if with_state else (y, None)
         return y.transpose(1, 2), state
 
+
 def dense_implicit_map(ssm: MambaSSM, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """The reference for ``MambaSSM.implicit_map``: every channel and state at once (a
     (B, D, T, T, N) intermediate, so small T only), straight from the formula."""

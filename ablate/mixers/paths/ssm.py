@@ -67,7 +67,7 @@ class SSMPath(nn.Module):
 
     def run_step(self, state: Tensor, x, z, dt, B, C) -> Tensor:
         """One token after ``prepare``: update ``state`` in place -> output (B, 1, d_inner)."""
-        raise NotImplementedError(f"{type(self).__name__} overrides step() instead")
+        raise NotImplementedError(f"{type(self).__name__}: implement run_step, or override step")
 
     @abstractmethod
     def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None)) -> Tensor:

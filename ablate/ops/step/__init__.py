@@ -1,6 +1,7 @@
 """Fused decoding-step kernels: which one-token update runs.
 
-``selective_state_update`` (Mamba-1), ``ssd_state_update`` (Mamba-2) and ``conv_step`` keep their
+``selective_state_update`` and ``selective_step`` (Mamba-1; the latter with the inner norms, dt_proj
+and A = -exp(A_log) folded in), ``ssd_state_update`` (Mamba-2) and ``conv_step`` keep their
 torch code as the reference and ask ``fused`` whether the Triton kernels of ``step/triton.py`` apply
 instead: Triton importable, every tensor on CUDA in fp32 / bf16 / fp16, and no gradient wanted
 (the kernels have no backward). Everything else, the CPU above all, runs the torch code unchanged.
