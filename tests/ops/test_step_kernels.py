@@ -124,7 +124,8 @@ def test_mamba_steps_chain(kernels):
 
 @DTYPES
 @pytest.mark.parametrize("norms", [True, False], ids=["norms", "no-norms"])
-@pytest.mark.parametrize("B,D,N,R", [(1, 5, 3, 1), (2, 37, 16, 3), (3, 64, 17, 48), (2, 130, 4, 5)])
+@pytest.mark.parametrize("B,D,N,R", [(1, 5, 3, 1), (2, 37, 16, 3), (3, 64, 17, 48), (2, 130, 4, 5),
+                                     (1, 600, 4, 128)])  # the last: the dt_proj tile caps the channels per program
 def test_mamba_projected_step_matches_reference(kernels, dtype, tol, norms, B, D, N, R):
     """selective_step: the inner RMSNorms, the dt projection and A = -exp(A_log) folded into the update
     kernel give the torch code's result (norms, F.linear, then the state update)."""

@@ -188,6 +188,9 @@ def _mamba_step(h, u, delta, A, B, C, D, z, delta_bias, delta_softplus, W=None, 
     block, warps = _tile(dim, width)
     zs = z.stride() if z is not None else (0, 0)
     R = W.shape[1] if W is not None else 1
+    if block * triton.next_power_of_2(R) > 4 * TILE:  # the dt_proj tile (BLOCK_D x BLOCK_R) in registers too
+        block = max(max(1, 32 // width), 4 * TILE // triton.next_power_of_2(R))
+        warps = max(1, min(4, block * width // 32))  # still no more threads than state elements
     _mamba_step_kernel[(batch, triton.cdiv(dim, block))](
         h, u, delta, A, B, C, _vec(D), z, _vec(delta_bias), y, W, w_dt, w_B, w_C, dim, N, R, eps,
         *h.stride(), *u.stride(), *delta.stride(), *zs, *A.stride(), *B.stride(), *C.stride(),
