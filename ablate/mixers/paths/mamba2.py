@@ -90,7 +90,8 @@ class Mamba2SSM(SSMPath):
         y, state = y if with_state else (y, None)
         return self.gated_norm(y.flatten(2), z), state
 
-    def run_step(self, state, x, z, dt, B, C):
+    def step(self, state, u, ctx):
+        x, z, dt, B, C = self.prepare(u, ctx)
         y = ssd_ops.ssd_state_update(state, x[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D,
                                      impl=self.step_impl)[:, None]
         return self.gated_norm(y.flatten(2), z)

@@ -3,8 +3,8 @@ forward skeleton, the state accounting, and the standalone SSM mixer (in_proj ->
 
 A path subclass of ``SSMPath`` says how to ``prepare`` its projected slice (conv, dt, B, C), how to
 run the sequence op (``run_sequence``: scan or SSD, returns output and final state), one decoding
-step (``run_step`` after ``prepare``, or a fused ``step`` of its own: the state updated in place)
-and its implicit attention map; the skeleton in ``forward`` does the rest the same way for every path.
+step from the slice (``step``: the state updated in place) and its implicit attention map; the
+skeleton in ``forward`` does the rest the same way for every path.
 """
 
 from __future__ import annotations
@@ -60,14 +60,10 @@ class SSMPath(nn.Module):
     def run_sequence(self, x, z, dt, B, C, initial_state: Tensor | None, with_state: bool):
         """-> (output (B, T, d_inner), final state or None)."""
 
+    @abstractmethod
     def step(self, state: Tensor, u: Tensor, ctx: Context) -> Tensor:
-        """One token of the slice u (B, 1, in_dim): update ``state`` in place -> output (B, 1, d_inner).
-        By default ``prepare`` then ``run_step``; a path may fuse the two (Mamba-1 does)."""
-        return self.run_step(state, *self.prepare(u, ctx))
-
-    def run_step(self, state: Tensor, x, z, dt, B, C) -> Tensor:
-        """One token after ``prepare``: update ``state`` in place -> output (B, 1, d_inner)."""
-        raise NotImplementedError(f"{type(self).__name__}: implement run_step, or override step")
+        """One token of the slice u (B, 1, in_dim): update ``state`` in place -> output (B, 1, d_inner)
+        (conv cache updated; Mamba-2 runs ``prepare`` then its step op, Mamba-1 fuses more)."""
 
     @abstractmethod
     def implicit_map(self, dt: Tensor, B: Tensor, C: Tensor, units: slice = slice(None)) -> Tensor:

@@ -41,17 +41,21 @@ def _dot(a, b, DOT_FP32: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
+def _chunk_tile(H, heads_per_group, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's (sequence, head, B/C group, chunk, chunk start) and its step, P and N offsets."""
+    b, head = tl.program_id(0) // H, tl.program_id(0) % H
+    t0 = tl.program_id(1) * BLOCK_L
+    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return b, head, head // heads_per_group, tl.program_id(1), t0, t0 + tl.arange(0, BLOCK_L), offs_p, \
+        tl.arange(0, BLOCK_N)
+
+
+@triton.jit
 def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, S_ptr, T, H, P, N, heads_per_group,
                         sxb, sxt, sxh, sxp, sdb, sdt, sdh, sBb, sBt, sBg, sBn, sSb, sSc, sSh, sSp,
                         DOT_FP32: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_N: tl.constexpr):
-    b, head = tl.program_id(0) // H, tl.program_id(0) % H
-    c = tl.program_id(1)
-    group = head // heads_per_group
-    t0 = c * BLOCK_L
-    offs_l = t0 + tl.arange(0, BLOCK_L)
-    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
+    b, head, group, c, t0, offs_l, offs_p, offs_n = _chunk_tile(H, heads_per_group, BLOCK_L, BLOCK_P, BLOCK_N)
     ml, mp, mn = offs_l < T, offs_p < P, offs_n < N
     A = tl.load(A_ptr + head).to(tl.float32)
     dt, cum = _chunk_cum(dt_ptr, sdb, sdt, sdh, b, head, A, t0, T, BLOCK_L)
@@ -94,14 +98,8 @@ def _chunk_output_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, S_ptr, y_ptr
                          sSb, sSc, sSh, sSp, syb, syt, syh,
                          DOT_FP32: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    b, head = tl.program_id(0) // H, tl.program_id(0) % H
-    c = tl.program_id(1)
-    group = head // heads_per_group
-    t0 = c * BLOCK_L
-    rows = tl.arange(0, BLOCK_L)
-    offs_l = t0 + rows
-    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
+    b, head, group, c, t0, offs_l, offs_p, offs_n = _chunk_tile(H, heads_per_group, BLOCK_L, BLOCK_P, BLOCK_N)
+    rows = offs_l - t0
     ml, mp, mn = offs_l < T, offs_p < P, offs_n < N
     dtype = x_ptr.dtype.element_ty
     A = tl.load(A_ptr + head).to(tl.float32)
