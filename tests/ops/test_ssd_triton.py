@@ -7,16 +7,13 @@ GPU tests (marked gpu). Without a GPU they run on the CPU through Triton's inter
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from ablate.ops.ssd import reference
+from tests.ops.triton_cases import DEVICE, MARKS, rel_err
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = [] if INTERPRET and DEVICE == "cpu" else [pytest.mark.gpu]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +22,6 @@ def kernel():
     from ablate.ops.ssd import triton as kernel
 
     return kernel
-
-
-def rel_err(out, ref):
-    ref = ref.double().cpu()
-    return ((out.double().cpu() - ref).norm() / (ref.norm() + 1e-12)).item()
 
 
 def inputs(B, T, H, P, G, N, dtype, with_D=True):

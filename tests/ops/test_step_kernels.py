@@ -11,8 +11,6 @@ test_gpu_kernels.py: relative Frobenius error, fp32 under 1e-5, bf16 outputs or 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -20,11 +18,9 @@ from ablate.ops import conv1d, scan, ssd
 from ablate.ops import step as step_ops
 from ablate.ops.backends import resolve
 from ablate.ops.conv1d import reference as conv_reference
+from tests.ops.triton_cases import DEVICE, MARKS, rel_err
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# on the CPU only under the interpreter; otherwise a GPU test (skipped without one by conftest)
-pytestmark = [] if INTERPRET and DEVICE == "cpu" else [pytest.mark.gpu]
+pytestmark = MARKS  # on the CPU only under the interpreter; otherwise a GPU test
 
 DTYPES = pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 
@@ -35,11 +31,6 @@ def kernels():
     from ablate.ops.step import triton as kernels
 
     return kernels
-
-
-def rel_err(out, ref):
-    ref = ref.double().cpu()
-    return ((out.double().cpu() - ref).norm() / (ref.norm() + 1e-12)).item()
 
 
 def strided(*shape, dtype, scale=1.0):
