@@ -9,6 +9,9 @@
     match: {target: 200000, knob: mlp.hidden}   # optional: equal non-embedding parameters
     recipe: {...}                         # shared by every run
     TASK: {...}                           # each registered task's section, shared by its runs
+    per_task: {mqar: {sets: {embed_init_std: 1.0}, recipe: {max_steps: 1500}}}
+        # optional: model and recipe values for one task's runs only (a task that needs its own
+        # schedule); the other tasks' runs, and so their identities, are untouched
     evaluate: {NAME: {...}}               # evaluations after training (ablate.evaluate), every run
     storage: null   # Optuna RDB URL; default sqlite:///RESULTS/study.db
     results: null   # default results/NAME
@@ -99,6 +102,8 @@ class SweepConfig:
         "help": "key -> values to cross (model keys, recipe.KEY, TASK.KEY)"})
     match: MatchConfig | None = knob(None, "match every variant to one parameter budget")
     recipe: RecipeConfig = nested(RecipeConfig, "the recipe shared by all runs")
+    per_task: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "TASK -> {sets: {...}, recipe: {...}}: model and recipe values for that task's runs only"})
     evaluate: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "evaluations after training for every run: name -> its config section"})
     wandb: WandbConfig | None = knob(None, "log every run to W&B (group: the sweep; tags: the point)", identity=False)
@@ -220,11 +225,13 @@ def _entries(cfg: SweepConfig) -> list[VariantEntry]:
     return entries
 
 
-def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, where: str):
+def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, task: str, where: str):
     model = load_variant(entry.name).model
-    # each value named by the section it came from (sets.KEY: the file's or the variant entry's; grid.KEY)
-    sourced = [*(("sets.", kv) for kv in cfg.sets.items()), *(("sets.", kv) for kv in entry.sets.items()),
-               *(("grid.", kv) for kv in knobs)]
+    # each value named by the section it came from (sets.KEY: the file's or the variant entry's;
+    # per_task.TASK.sets.KEY; grid.KEY), applied in that order: the more specific wins
+    task_sets = cfg.per_task.get(task, {}).get("sets", {})
+    sourced = [*(("sets.", kv) for kv in cfg.sets.items()), *((f"per_task.{task}.sets.", kv) for kv in task_sets.items()),
+               *(("sets.", kv) for kv in entry.sets.items()), *(("grid.", kv) for kv in knobs)]
     for source, (key, value) in sourced:
         model = override(model, key, value, where=f"{where}: variant {entry.name}", _prefix=source)
     if cfg.match is not None:
@@ -291,6 +298,7 @@ def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None
         if task not in TASKS:
             allowed = " | ".join(repr(t) for t in TASKS.names())
             raise ConfigError(f"{path}: key 'tasks[{i}]' = {task!r}; allowed: {allowed}")
+    _check_per_task(cfg, path)
     for key, values in cfg.grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{path}: key 'grid.{key}' = {values!r}; allowed: a non-empty list of values")
@@ -303,6 +311,7 @@ def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None
         cfg = dataclasses.replace(cfg, name=f"{cfg.name}-lr", results=str(base / "lr_search"))
     if cfg.lr_search is not None:
         fixed = [f"variant {e.label or e.name}'s recipe" for e in _entries(cfg) if "lr" in e.recipe]
+        fixed += [f"per_task.{t}'s recipe" for t, v in cfg.per_task.items() if "lr" in v.get("recipe", {})]
         splits = [k for k in cfg.grid if k.endswith(".eval_split")]
         if splits:
             raise ConfigError(f"{path}: key 'grid.{splits[0]}': 'lr_search' sets the evaluation split itself "
@@ -324,6 +333,22 @@ def load_sweep(path: str | Path, phase: str = "main", chosen: dict | None = None
     return sweep
 
 
+def _check_per_task(cfg: SweepConfig, path: Path) -> None:
+    """The shape of ``per_task``: the sweep's own tasks, each a mapping of 'sets' and 'recipe'
+    mappings (their keys are checked when the runs are built)."""
+    for task, values in cfg.per_task.items():
+        if task not in cfg.tasks:
+            raise ConfigError(f"{path}: key 'per_task.{task}': not one of this sweep's tasks; allowed: "
+                              + ", ".join(cfg.tasks))
+        if not isinstance(values, dict) or not set(values) <= {"sets", "recipe"}:
+            raise ConfigError(f"{path}: key 'per_task.{task}' = {values!r}; allowed: a mapping with the keys "
+                              "'sets' (model values) and 'recipe' (recipe values)")
+        for name, inner in values.items():
+            if not isinstance(inner, dict):
+                raise ConfigError(f"{path}: key 'per_task.{task}.{name}' = {inner!r}; allowed: a mapping of keys "
+                                  "to values")
+
+
 def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str, seed: int,
          recipe_values: dict | None = None, task_values: dict | None = None,
          models: dict | None = None) -> tuple[Point, RunConfig]:
@@ -333,14 +358,16 @@ def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knob
     where = str(path)
     recipe_values, task_values = recipe_values or {}, task_values or {}
     try:
-        key = (entry.label or entry.name, json.dumps(knobs, default=str))
+        key = (entry.label or entry.name, json.dumps(knobs, default=str), task)
         model = models.get(key) if models is not None else None
         if model is None:
-            model = _model_for(cfg, entry, knobs, where)
+            model = _model_for(cfg, entry, knobs, task, where)
             if models is not None:
                 models[key] = model
         recipe = dataclasses.replace(cfg.recipe, seed=seed)
-        if entry.recipe or recipe_values:  # the variant's own recipe values, then the point's
+        task_recipe = cfg.per_task.get(task, {}).get("recipe", {})
+        if task_recipe or entry.recipe or recipe_values:  # the task's recipe values, the variant's, the point's
+            recipe = replace_recipe(recipe, task_recipe, f"{where}: per_task.{task}'s recipe")
             recipe = replace_recipe(recipe, entry.recipe, f"{where}: variant {entry.label or entry.name}'s recipe")
             recipe = replace_recipe(recipe, recipe_values, where)
             recipe.check(where)
