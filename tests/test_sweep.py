@@ -51,6 +51,39 @@ def test_a_variant_entry_sets_its_own_recipe(tmp_path):
         load_sweep(write_sweep(tmp_path, name="u", variants=variants, lr_search={"values": [0.001, 0.003]}))
 
 
+def test_per_task_values_set_only_that_tasks_runs(tmp_path):
+    (tmp_path / "a.txt").write_text("some text to model. " * 50)
+    text = {"train": [str(tmp_path / "a.txt")], "vocab_size": 300, "seq_len": 16}
+    per_task = {"mqar": {"sets": {"embed_init_std": 1.0}, "recipe": {"max_steps": 20, "schedule": "wsd"}}}
+    plain = load_sweep(write_sweep(tmp_path, name="plain", tasks=["mqar", "text"], text=text))
+    sweep = load_sweep(write_sweep(tmp_path, tasks=["mqar", "text"], text=text, per_task=per_task,
+                                   variants=["llama", {"name": "mamba", "recipe": {"max_steps": 30}}]))
+    mqar, txt = sweep.runs["llama|mqar|s0"][1], sweep.runs["llama|text|s0"][1]
+    assert (mqar.model.embed_init_std, mqar.recipe.max_steps, mqar.recipe.schedule) == (1.0, 20, "wsd")
+    assert txt.model == plain.runs["llama|text|s0"][1].model and txt.recipe.max_steps == 10
+    # the other task's runs are the same runs as without per_task: their identities do not move
+    assert sweep.config_hash("llama|text|s1") == plain.config_hash("llama|text|s1")
+    assert sweep.config_hash("llama|mqar|s1") != plain.config_hash("llama|mqar|s1")
+    assert sweep.runs["mamba|mqar|s0"][1].recipe.max_steps == 30  # the variant entry is more specific
+
+
+@pytest.mark.parametrize("per_task,expected", [
+    ({"text": {"sets": {}}}, ["per_task.text", "not one of this sweep's tasks", "mqar"]),
+    ({"mqar": {"model": {}}}, ["per_task.mqar", "'sets'", "'recipe'"]),
+    ({"mqar": {"sets": [1]}}, ["per_task.mqar.sets", "a mapping"]),
+    ({"mqar": {"sets": {"size.width": 3}}}, ["per_task.mqar.sets.size.width", "d_model"]),
+    ({"mqar": {"recipe": {"lr": "fast"}}}, ["recipe.lr", "float"]),
+])
+def test_bad_per_task_sections(tmp_path, per_task, expected):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write_sweep(tmp_path, per_task=per_task))
+    for piece in ["t.yaml", *expected]:
+        assert piece in str(err.value)
+    with pytest.raises(ConfigError, match="lr_search' picks each variant's lr"):
+        load_sweep(write_sweep(tmp_path, name="u", per_task={"mqar": {"recipe": {"lr": 0.01}}},
+                               lr_search={"values": [0.001, 0.003]}))
+
+
 def test_match_puts_every_variant_on_one_budget(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, match={"target": 40000, "knob": "mlp.hidden"}))
     from ablate.sizing import count_params

@@ -17,6 +17,10 @@ import torch
 class Backends:
     scan: str = "loop"
     ssd: str = "chunked"
+    # the SSD where no gradient is needed (prefill, evaluation): 'triton' on CUDA, a forward-only
+    # kernel 1.4x (B=1, T=8192) to 3.0x (B=8, T=2048) the compiled chunked path (benchmarks/RESULTS.md,
+    # H200, 2026-12-04); else the same as ``ssd``
+    ssd_prefill: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"
     rope: str = "torch"  # the attention path's RoPE: 'torch' (autograd) or 'rotation' (hand-written backward, CPU)
@@ -77,7 +81,8 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         conv = "native" if auto and native_conv.available() else "shifts"
         norm = "native" if auto and native_norm.available() else "torch"
         rope = "rotation" if auto else "torch"
-        return Backends(scan=scan, ssd=ssd, conv1d=conv, rope=rope, gated_norm=norm, compile=compiled)
+        return Backends(scan=scan, ssd=ssd, ssd_prefill=ssd, conv1d=conv, rope=rope, gated_norm=norm,
+                        compile=compiled)
     if requested == "torch":
         return Backends(compile=compiled)
     from ablate.ops import scan as scan_ops
@@ -92,6 +97,9 @@ def resolve(requested: str = "auto", device: str | torch.device = "cpu", compile
         scan = "triton"
     else:
         scan = "loop"
-    return Backends(scan=scan, attention="flex" if have["triton"] else "sdpa",
+    from ablate.ops import ssd as ssd_ops
+
+    return Backends(scan=scan, ssd_prefill="triton" if "triton" in ssd_ops.IMPLS else "chunked",
+                    attention="flex" if have["triton"] else "sdpa",
                     conv1d="triton" if have["triton"] else "torch", step="triton" if have["triton"] else "torch",
                     compile=compiled)

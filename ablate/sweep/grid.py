@@ -230,7 +230,8 @@ def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, task: str, where: s
     # each value named by the section it came from (sets.KEY: the file's or the variant entry's;
     # per_task.TASK.sets.KEY; grid.KEY), applied in that order: the more specific wins
     task_sets = cfg.per_task.get(task, {}).get("sets", {})
-    sourced = [*(("sets.", kv) for kv in cfg.sets.items()), *((f"per_task.{task}.sets.", kv) for kv in task_sets.items()),
+    sourced = [*(("sets.", kv) for kv in cfg.sets.items()),
+               *((f"per_task.{task}.sets.", kv) for kv in task_sets.items()),
                *(("sets.", kv) for kv in entry.sets.items()), *(("grid.", kv) for kv in knobs)]
     for source, (key, value) in sourced:
         model = override(model, key, value, where=f"{where}: variant {entry.name}", _prefix=source)

@@ -64,3 +64,35 @@ def test_ssd_kernel_refuses_a_gradient(kernel):
     x["x"].requires_grad_()
     with pytest.raises(RuntimeError, match="forward-only"):
         kernel.ssd(**x)
+
+
+def test_a_mamba2_model_prefills_through_the_kernel_and_trains_through_chunked(kernel):
+    """ops.backends picks the kernel for the SSD without a gradient: a Mamba-2 model's no-grad
+    forward with a carried state (prefill in two pieces) matches the chunked path's, and a training
+    forward still differentiates (the kernel has no backward)."""
+    import dataclasses
+
+    from ablate.model import LM
+    from ablate.ops.backends import resolve
+    from ablate.variants import load_variant
+
+    if DEVICE == "cpu":
+        pytest.skip("a model on CUDA")
+    cfg = load_variant("mamba2").model
+    cfg = dataclasses.replace(cfg, size=dataclasses.replace(cfg.size, d_model=128, n_layers=2, vocab_size=256))
+    backends = resolve("auto", DEVICE)
+    assert backends.ssd_prefill == "triton" and backends.ssd == "chunked"
+    torch.manual_seed(0)
+    fast = LM(cfg, backends).to(DEVICE)
+    slow = LM(cfg, dataclasses.replace(backends, ssd_prefill="chunked")).to(DEVICE)
+    slow.load_state_dict(fast.state_dict())
+    tokens = torch.randint(0, 256, (2, 301), device=DEVICE)
+    with torch.no_grad():
+        outs = []
+        for model in (fast, slow):
+            cache = model.new_cache(301)
+            first = model(tokens[:, :173], cache=cache).logits
+            outs.append(torch.cat([first, model(tokens[:, 173:], cache=cache).logits], 1))
+    assert rel_err(outs[0], outs[1]) < 1e-4
+    fast(tokens).logits.float().square().mean().backward()
+    assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)

@@ -40,7 +40,7 @@ class Mamba2SSM(SSMPath):
         self.bc_dim = cfg.n_groups * cfg.d_state
         self.conv_dim = self.conv_channels = d_inner + 2 * self.bc_dim
         self.in_dim = d_inner + self.conv_dim + self.n_heads  # z | xBC | dt
-        self.impl = backends.ssd
+        self.impl, self.prefill_impl = backends.ssd, backends.ssd_prefill
         self.conv_impl = backends.conv1d
         self.step_impl = backends.step
         self.norm_impl = backends.gated_norm
@@ -85,8 +85,11 @@ class Mamba2SSM(SSMPath):
         return scores * torch.exp(exponent) * dt.transpose(1, 2).unsqueeze(-2)
 
     def run_sequence(self, x, z, dt, B, C, initial_state, with_state):
+        # a forward-only kernel where nothing here will be differentiated (prefill, evaluation)
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (x, dt, B, C, self.A_log, self.D, initial_state))
         y = ssd_ops.ssd(x, dt, self.A, B, C, self.D, initial_state=initial_state,
-                        return_final_state=with_state, impl=self.impl)
+                        return_final_state=with_state, impl=self.impl if grad else self.prefill_impl)
         y, state = y if with_state else (y, None)
         return self.gated_norm(y.flatten(2), z), state
 

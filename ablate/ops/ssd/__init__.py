@@ -1,6 +1,7 @@
 """Mamba-2 SSD. ``ssd(..., impl=NAME)`` dispatches; the name comes from ``ops.backends``.
 impl 'triton' (``ssd/triton.py``, where Triton is installed) is a forward-only chunked kernel for
-prefill and evaluation on CUDA; ``ops.backends`` does not pick it yet (not yet measured on a GPU)."""
+prefill and evaluation on CUDA: ``ops.backends`` picks it as ``ssd_prefill`` there, and the Mamba-2
+path takes that one whenever no gradient is asked for."""
 
 from __future__ import annotations
 
