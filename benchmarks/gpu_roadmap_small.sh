@@ -59,7 +59,7 @@ echo quit | nvidia-cuda-mps-control 2>/dev/null
 tar czf "$OUT/roadmap-small.tar.gz" --exclude='*.ckpt' --exclude='*.pt' --exclude='tokenizer.json' \
   --exclude='maps' --exclude='study.db*' results/roadmap-small 2>/dev/null
 cp results/roadmap-small/study.db "$OUT/" 2>/dev/null
-for run in ${MAPS-E-meta-mqar-s0 D-kv-share-mqar-s0}; do  # MAPS="": none;  # the text maps were made on 2026-12-03
+for run in ${MAPS-E-meta-mqar-s0 D-kv-share-mqar-s0}; do  # MAPS="": none (the text maps: 2026-12-03)
   [ -f "results/roadmap-small/runs/$run/run.json" ] && \
     timeout 60 python3 -m ablate.cli maps "results/roadmap-small/runs/$run" --out "results/roadmap-small/maps/$run" 2>&1 | tail -3
 done
