@@ -143,7 +143,8 @@ def dry_run(sweep_path: str) -> int:
         counts = count_params(task_vocab(cfg))
         matched = f", {knob} = {functools.reduce(getattr, knob.split('.'), cfg.model)}" if knob else ""
         print(f"\n{point_id}: {counts.total / 1e6:,.3f}M parameters, {counts.non_embedding:,} non-embedding, "
-              f"attn:ssm {counts.attn_ssm_ratio}{matched}, n_meta {cfg.model.n_meta}, lr {cfg.recipe.lr:g}")
+              f"attn:ssm {counts.attn_ssm_ratio}{matched}, n_meta {cfg.model.n_meta}, lr {cfg.recipe.lr:g}, "
+              f"{cfg.recipe.max_steps} steps of {cfg.recipe.batch_size} ({cfg.recipe.schedule})")
         for spec in expand(cfg.model):
             print("  " + spec.describe().rstrip())
     return 0
