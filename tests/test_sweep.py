@@ -73,6 +73,7 @@ def test_per_task_values_set_only_that_tasks_runs(tmp_path):
     ({"mqar": {"sets": [1]}}, ["per_task.mqar.sets", "a mapping"]),
     ({"mqar": {"sets": {"size.width": 3}}}, ["per_task.mqar.sets.size.width", "d_model"]),
     ({"mqar": {"recipe": {"lr": "fast"}}}, ["recipe.lr", "float"]),
+    ({"mqar": {"recipe": {"seed": 7}}}, ["'seed' in per_task.mqar.recipe", "'seeds'"]),
 ])
 def test_bad_per_task_sections(tmp_path, per_task, expected):
     with pytest.raises(ConfigError) as err:

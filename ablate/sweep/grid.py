@@ -348,6 +348,19 @@ def _check_per_task(cfg: SweepConfig, path: Path) -> None:
             if not isinstance(inner, dict):
                 raise ConfigError(f"{path}: key 'per_task.{task}.{name}' = {inner!r}; allowed: a mapping of keys "
                                   "to values")
+        _check_recipe_values(values.get("recipe", {}), f"per_task.{task}.recipe", path)
+    for entry in _entries(cfg):
+        _check_recipe_values(entry.recipe, f"variant {entry.label or entry.name}'s recipe", path)
+
+
+def _check_recipe_values(values: dict, where: str, path: Path) -> None:
+    """The file's seeds set every run's seed and the file's recipe its devices: a task's or a
+    variant's recipe setting them would make runs named s0, s1 train one seed, or a run span
+    devices its workers were not given."""
+    for key in ("seed", "devices"):
+        if key in values:
+            raise ConfigError(f"{path}: key '{key}' in {where}: set by the sweep as a whole; allowed there: "
+                              + ("'seeds' at the top level" if key == "seed" else "'recipe.devices'"))
 
 
 def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str, seed: int,
@@ -359,7 +372,8 @@ def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knob
     where = str(path)
     recipe_values, task_values = recipe_values or {}, task_values or {}
     try:
-        key = (entry.label or entry.name, json.dumps(knobs, default=str), task)
+        task_sets = cfg.per_task.get(task, {}).get("sets", {})  # tasks without their own sets share the model
+        key = (entry.label or entry.name, json.dumps(knobs, default=str), json.dumps(task_sets, sort_keys=True))
         model = models.get(key) if models is not None else None
         if model is None:
             model = _model_for(cfg, entry, knobs, task, where)

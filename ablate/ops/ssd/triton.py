@@ -129,6 +129,7 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16
 
 
+@torch.compiler.disable  # raw launches into new_empty outputs: a compiled block calls it as it is
 def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
         initial_state: Tensor | None = None, return_final_state: bool = False):
     """ops.ssd.ssd forward on CUDA (impl 'triton'); no backward: training takes 'chunked'."""
