@@ -67,6 +67,15 @@ def test_per_task_values_set_only_that_tasks_runs(tmp_path):
     assert sweep.runs["mamba|mqar|s0"][1].recipe.max_steps == 30  # the variant entry is more specific
 
 
+def test_the_dry_run_shows_what_a_task_sets_for_its_runs(tmp_path, capsys):
+    from ablate.sweep.launch import dry_run
+
+    dry_run(str(write_sweep(tmp_path, per_task={"mqar": {"recipe": {"max_steps": 20, "schedule": "wsd"}}})))
+    out = capsys.readouterr().out
+    assert "llama|mqar|s0:" in out and "20 steps of 8 (wsd)" in out
+    assert out.count('per_task.mqar: {"recipe": {"max_steps": 20, "schedule": "wsd"}}') == 4
+
+
 @pytest.mark.parametrize("per_task,expected", [
     ({"text": {"sets": {}}}, ["per_task.text", "not one of this sweep's tasks", "mqar"]),
     ({"mqar": {"model": {}}}, ["per_task.mqar", "'sets'", "'recipe'"]),

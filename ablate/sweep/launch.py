@@ -145,6 +145,8 @@ def dry_run(sweep_path: str) -> int:
         print(f"\n{point_id}: {counts.total / 1e6:,.3f}M parameters, {counts.non_embedding:,} non-embedding, "
               f"attn:ssm {counts.attn_ssm_ratio}{matched}, n_meta {cfg.model.n_meta}, lr {cfg.recipe.lr:g}, "
               f"{cfg.recipe.max_steps} steps of {cfg.recipe.batch_size} ({cfg.recipe.schedule})")
+        if cfg.task in sweep.cfg.per_task:  # what this task's runs set beyond the file's sets and recipe
+            print(f"  per_task.{cfg.task}: {json.dumps(sweep.cfg.per_task[cfg.task], sort_keys=True)}")
         for spec in expand(cfg.model):
             print("  " + spec.describe().rstrip())
     return 0
