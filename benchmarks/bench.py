@@ -11,6 +11,11 @@ Sections:
   layer      our parallel hybrid layer vs the same layer assembled from mamba-ssm Mamba + SDPA
   model      training tokens/s and MFU of every core variant at ~125M and ~350M, bf16, seq 2048
   inference  prefill and decode tokens/s at 8k context; measured vs analytic cache bytes
+  profile    (not in the default list) where the model section's training step spends its time: its
+             kernels under torch.profiler grouped by kind (matmul, attention, scan, conv, norm, fused,
+             elementwise, optimizer), ms per step and share, and the largest kernels by name, for
+             each of --sizes x --variants x --compile (the MFU target's case: --sizes 350M
+             --variants roadmap-b-parallel)
   peers      (not in the default list; transformers / mamba-ssm optional) ours vs the stack a user would
              pick instead, same shapes, same process: llama vs HF LlamaForCausalLM (sdpa, compiled), mamba
              / mamba2 / roadmap-a-sequential vs mamba-ssm MambaLMHeadModel; training tokens/s, memory,
@@ -302,27 +307,35 @@ def core_model(name: str, size: str):
     return cfg
 
 
-def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), variants=CORE, batch: int = 8,
-                seq: int = 2048, **_) -> None:
+def training_step(cfg, compile: str, batch: int, seq: int, device: str = "cuda"):
+    """One bf16 training step (forward, loss, backward, AdamW) of a model of ``cfg`` on random
+    tokens, as the model and profile sections time it. -> (step, model, optimizer)."""
     from ablate.model import LM
     from ablate.ops.backends import resolve
+
+    model = LM(cfg, resolve("auto", device, compile)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    tokens = torch.randint(0, cfg.size.vocab_size, (batch, seq + 1), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = model(tokens[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, model, opt
+
+
+def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), variants=CORE, batch: int = 8,
+                seq: int = 2048, **_) -> None:
     from ablate.sizing import count_params, train_flops_per_token
 
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name()), None)
     for size, name, compile in itertools.product(sizes, variants, compile_modes):
         cfg = core_model(name, size)
-        model = LM(cfg, resolve("auto", "cuda", compile)).cuda()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        tokens = torch.randint(0, cfg.size.vocab_size, (batch, seq + 1), device="cuda")
-
-        def step(model=model, opt=opt, tokens=tokens):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(tokens[:, :-1]).logits
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        step, model, opt = training_step(cfg, compile, batch, seq)
         step()  # compiles, when compiling
         ms = median_ms(step, warmup=1000, rep=3000)
         tps = batch * seq / (ms / 1e3)
@@ -331,8 +344,91 @@ def bench_model(rows: list[dict], sizes=tuple(SIZES), compile_modes=("on",), var
                      "params_M": count_params(cfg).total / 1e6, "step_ms": ms, "tokens_per_s": tps,
                      "MFU": tps * flops / peak if peak else None})
         print(rows[-1], flush=True)
-        del model, opt
+        del model, opt, step
         torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- profile
+
+# kernel name -> what it does, first match wins (names as CUDA and the CPU profiler report them)
+KERNEL_KINDS = (
+    ("optimizer", ("adam",)),
+    ("attention", ("flash", "fmha", "attention", "flex", "sdpa")),
+    ("scan / ssd", ("scan", "ssd", "chunk_state", "state_pass", "chunk_output")),
+    ("conv", ("conv",)),
+    ("matmul", ("gemm", "matmul", "mm", "cutlass", "sm90_xmma", "nvjet", "linear", "addmm", "bmm")),
+    ("norm", ("norm",)),
+    ("loss / softmax", ("softmax", "cross_entropy", "nll", "log_softmax")),
+    ("fused (inductor)", ("triton_",)),
+    ("elementwise / copies", ("elementwise", "vectorized", "copy", "fill", "cat", "index", "reduce", "mul", "add",
+                              "silu", "sigmoid", "exp", "sum", "where")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def profile_rows(step, steps: int, device: str) -> tuple[list[tuple[str, float]], float]:
+    """``steps`` training steps under torch.profiler (after the caller's warm-up): every kernel's
+    self time per step, in ms, largest first, and the step's wall time (ms) measured around them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall_ms = (time.perf_counter() - t0) * 1e3 / steps
+    events = prof.key_averages()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    # on the CPU every op nests others: the leaves' self times add up to the step; on CUDA the kernels'
+    kernels = [(e.key, getattr(e, key) / 1e3 / steps) for e in events
+               if getattr(e, key) > 0 and (device != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
+    return sorted(kernels, key=lambda kv: -kv[1]), wall_ms
+
+
+def bench_profile(rows: list[dict], sizes=("350M",), variants=("roadmap-b-parallel",), compile_modes=("on",),
+                  batch: int = 8, seq: int = 2048, profile_steps: int = 5, profile_top: int = 12,
+                  device: str = "cuda", **_) -> None:
+    """Where a training step's time goes (issue 17's MFU target): the model section's step under
+    torch.profiler, one row per kind of kernel (matmul, attention, scan / ssd, conv, norm, fused
+    inductor kernels, elementwise, optimizer, ...) with its ms per step and share of the kernels' time,
+    then the largest kernels by name. The kinds are a reading of kernel names (KERNEL_KINDS), so the
+    rows also name every kernel they add up."""
+    from ablate.sizing import train_flops_per_token
+
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu_name()), None) if device == "cuda" else None
+    for size, name, compile in itertools.product(sizes, variants, compile_modes):
+        cfg = core_model(name, size)
+        step, model, opt = training_step(cfg, compile, batch, seq, device)
+        for _ in range(3):  # compiles, when compiling; then the allocator settles
+            step()
+        kernels, wall_ms = profile_rows(step, profile_steps, device)
+        total = sum(ms for _, ms in kernels)
+        case = f"{size} bf16 B={batch} T={seq} compile {compile}"
+        flops = train_flops_per_token(cfg, seq) * batch * seq
+        mfu = flops / (wall_ms / 1e3) / peak if peak else None
+        kinds: dict[str, list] = {}
+        for kernel, ms in kernels:
+            kinds.setdefault(kernel_kind(kernel), []).append((kernel, ms))
+        for kind, members in sorted(kinds.items(), key=lambda kv: -sum(ms for _, ms in kv[1])):
+            ms = sum(ms for _, ms in members)
+            rows.append({"section": "profile", "case": case, "impl": name, "kind": kind, "ms_per_step": ms,
+                         "share": ms / total if total else None, "kernels": len(members),
+                         "largest": members[0][0][:80], "step_ms": wall_ms, "MFU": mfu})
+            print(rows[-1], flush=True)
+        for kernel, ms in kernels[:profile_top]:
+            rows.append({"section": "profile", "case": case, "impl": name, "kind": f"kernel ({kernel_kind(kernel)})",
+                         "ms_per_step": ms, "share": ms / total if total else None, "kernels": 1,
+                         "largest": kernel[:80], "step_ms": wall_ms, "MFU": mfu})
+        del model, opt, step
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- inference
@@ -518,10 +614,10 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
 
 
 SECTIONS = {"scan": bench_scan, "conv": bench_conv, "ssd": bench_ssd, "attention": bench_attention,
-            "layer": bench_layer, "model": bench_model, "inference": bench_inference, "peers": bench_peers,
-            "cpu": bench_cpu}
+            "layer": bench_layer, "model": bench_model, "profile": bench_profile, "inference": bench_inference,
+            "peers": bench_peers, "cpu": bench_cpu}
 CPU_SECTIONS = ("cpu",)
-OPT_IN = ("peers", "cpu")  # run only when named
+OPT_IN = ("peers", "cpu", "profile")  # run only when named
 GPU_SECTIONS = tuple(s for s in SECTIONS if s not in CPU_SECTIONS)
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)
 

@@ -40,3 +40,24 @@ def test_gpu_sections_still_need_a_gpu(tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="need a CUDA GPU"):
         run(["cpu", "scan"], tmp_path / "R.md", "test")
+
+
+def test_the_profile_section_adds_a_step_up_by_kind_of_kernel(monkeypatch, tmp_path):
+    # the section's reading of a profile, on the CPU (its ops stand in for the GPU's kernels): a tiny
+    # parallel hybrid's step, grouped by kind; the kinds add up to every op's self time
+    import benchmarks.bench as bench
+
+    monkeypatch.setitem(bench.SIZES, "tiny", {"size.d_model": 32, "size.n_layers": 2, "attention.n_heads": 2,
+                                             "attention.n_kv_heads": 2, "mlp.hidden": 64})
+    rows: list[dict] = []
+    bench.bench_profile(rows, sizes=("tiny",), variants=("roadmap-b-parallel",), compile_modes=("off",), batch=2,
+                        seq=32, profile_steps=2, profile_top=5, device="cpu")
+    kinds = [r for r in rows if not r["kind"].startswith("kernel")]
+    assert {"matmul", "optimizer"} <= {r["kind"] for r in kinds}
+    assert abs(sum(r["share"] for r in kinds) - 1) < 1e-6 and all(r["step_ms"] > 0 for r in rows)
+    assert len(rows) - len(kinds) == 5 and rows[-1]["case"] == "tiny bf16 B=2 T=32 compile off"
+    bench.write_results(rows, tmp_path / "R.md", "test")
+    assert "### profile" in (tmp_path / "R.md").read_text()
+    assert bench.kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert bench.kernel_kind("_chunk_state_kernel") == "scan / ssd"
+    assert bench.kernel_kind("triton_poi_fused_add_mul_0") == "fused (inductor)"
