@@ -49,6 +49,8 @@ def test_a_variant_entry_sets_its_own_recipe(tmp_path):
     assert sweep.runs["mamba|mqar|s0"][1].recipe.lr == 0.01  # the point id stays the variant's
     with pytest.raises(ConfigError, match="lr_search"):
         load_sweep(write_sweep(tmp_path, name="u", variants=variants, lr_search={"values": [0.001, 0.003]}))
+    with pytest.raises(ConfigError, match="'seed' in variant mamba's recipe: the sweep sets it for every run"):
+        load_sweep(write_sweep(tmp_path, name="v", variants=["llama", {"name": "mamba", "recipe": {"seed": 3}}]))
 
 
 def test_per_task_values_set_only_that_tasks_runs(tmp_path):

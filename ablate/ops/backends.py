@@ -18,8 +18,8 @@ class Backends:
     scan: str = "loop"
     ssd: str = "chunked"
     # the SSD where no gradient is needed (prefill, evaluation): 'triton' on CUDA, a forward-only
-    # kernel 1.4x (B=1, T=8192) to 3.0x (B=8, T=2048) the compiled chunked path (benchmarks/RESULTS.md,
-    # H200, 2026-12-04); else the same as ``ssd``
+    # kernel 1.4x (B=1, T=8192) to 3.0x (B=8, T=2048) as fast as the compiled chunked path (H200,
+    # 2026-12-04, benchmarks/NOTES.md "Mamba-2 prefill"); else the same as ``ssd``
     ssd_prefill: str = "chunked"
     attention: str = "sdpa"
     conv1d: str = "torch"

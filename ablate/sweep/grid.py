@@ -225,11 +225,10 @@ def _entries(cfg: SweepConfig) -> list[VariantEntry]:
     return entries
 
 
-def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, task: str, where: str):
+def _model_for(cfg: SweepConfig, entry: VariantEntry, knobs, task: str, task_sets: dict, where: str):
     model = load_variant(entry.name).model
     # each value named by the section it came from (sets.KEY: the file's or the variant entry's;
     # per_task.TASK.sets.KEY; grid.KEY), applied in that order: the more specific wins
-    task_sets = cfg.per_task.get(task, {}).get("sets", {})
     sourced = [*(("sets.", kv) for kv in cfg.sets.items()),
                *((f"per_task.{task}.sets.", kv) for kv in task_sets.items()),
                *(("sets.", kv) for kv in entry.sets.items()), *(("grid.", kv) for kv in knobs)]
@@ -359,8 +358,8 @@ def _check_recipe_values(values: dict, where: str, path: Path) -> None:
     devices its workers were not given."""
     for key in ("seed", "devices"):
         if key in values:
-            raise ConfigError(f"{path}: key '{key}' in {where}: set by the sweep as a whole; allowed there: "
-                              + ("'seeds' at the top level" if key == "seed" else "'recipe.devices'"))
+            raise ConfigError(f"{path}: key '{key}' in {where}: the sweep sets it for every run; give it as "
+                              + ("'seeds' at the top level" if key == "seed" else "'devices' in the file's 'recipe'"))
 
 
 def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knobs: tuple, task: str, seed: int,
@@ -372,15 +371,16 @@ def _run(cfg: SweepConfig, path: Path, sections: dict, entry: VariantEntry, knob
     where = str(path)
     recipe_values, task_values = recipe_values or {}, task_values or {}
     try:
-        task_sets = cfg.per_task.get(task, {}).get("sets", {})  # tasks without their own sets share the model
+        own = cfg.per_task.get(task, {})
+        task_sets, task_recipe = own.get("sets", {}), own.get("recipe", {})
+        # tasks without their own sets share the matched model
         key = (entry.label or entry.name, json.dumps(knobs, default=str), json.dumps(task_sets, sort_keys=True))
         model = models.get(key) if models is not None else None
         if model is None:
-            model = _model_for(cfg, entry, knobs, task, where)
+            model = _model_for(cfg, entry, knobs, task, task_sets, where)
             if models is not None:
                 models[key] = model
         recipe = dataclasses.replace(cfg.recipe, seed=seed)
-        task_recipe = cfg.per_task.get(task, {}).get("recipe", {})
         if task_recipe or entry.recipe or recipe_values:  # the task's recipe values, the variant's, the point's
             recipe = replace_recipe(recipe, task_recipe, f"{where}: per_task.{task}'s recipe")
             recipe = replace_recipe(recipe, entry.recipe, f"{where}: variant {entry.label or entry.name}'s recipe")
